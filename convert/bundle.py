@@ -1,0 +1,250 @@
+"""``edge convert CKPT --out BUNDLE``: checkpoint -> bundle (fold, export, simplify, verify).
+
+The bundle is assembled in a temporary folder beside ``out`` and renamed into place only when
+every graph has passed the checker and the numerical verification, so a failed conversion leaves
+nothing behind (and an existing bundle is only replaced with ``force``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edge import __version__
+from edge.checkpoint import load_checkpoint
+from edge.config import ModelConfig, TaskSpec
+from edge.convert.export import ExportOptions, export_parts, output_name, tap_names
+from edge.convert.fold import fold_model
+from edge.convert.simplify import simplify_and_check
+from edge.convert.verify import check_parts, demo_frames, enforce_tolerance
+from edge.errors import ExportError
+from edge.manifest import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file, write_json_atomic
+from edge.runtime.preprocess import InputSpec
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """Options of ``edge convert`` (one flag each)."""
+
+    out: Path
+    input_size: tuple[int, int] | None = None
+    """(height, width); default: the size the model was trained at."""
+    opset: int = 17
+    batch: int = 1
+    dynamic_batch: bool = False
+    max_batch: int = 8
+    in_graph_preprocessing: bool = True
+    tolerance: float = 1e-4
+    verify_frames: int = 8
+    fold_form: str = "auto"
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not 13 <= self.opset <= 21:
+            raise ExportError(f"--opset {self.opset}: supported opsets are 13..21")
+        if self.batch < 1 or (self.dynamic_batch and self.max_batch < self.batch):
+            raise ExportError("--batch must be >= 1 and <= --max-batch")
+        if self.tolerance <= 0 or self.verify_frames < 1:
+            raise ExportError("--tolerance must be > 0 and --verify-frames >= 1")
+
+
+def decode_spec(task: TaskSpec) -> dict[str, Any]:
+    """How the runtime turns the task's raw output into a result."""
+    if task.kind == "classification":
+        return {"type": "softmax_argmax", "labels": list(task.labels), "axis": 1}
+    if task.kind == "multilabel":
+        return {
+            "type": "sigmoid_threshold",
+            "labels": list(task.labels),
+            "threshold": task.threshold,
+        }
+    if task.kind == "regression":
+        return {
+            "type": "affine",
+            "names": list(task.labels),
+            "scale": task.scale,
+            "offset": task.offset,
+            "unit": task.unit,
+        }
+    return {"type": "argmax_mask", "labels": list(task.labels), "axis": 1}
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxsim
+    import torch
+
+    return {
+        "etr-edge": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxsim": str(getattr(onnxsim, "__version__", "?")),
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder; choose another --out")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise ExportError(f"{parent}: the folder for --out does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"{parent}: not writable; choose another --out")
+
+
+def convert_checkpoint(checkpoint: str | Path, cfg: ConvertConfig) -> Path:
+    """Convert ``checkpoint`` into a bundle folder at ``cfg.out``; return its path."""
+    out = Path(cfg.out)
+    _check_out(out, cfg.force)
+    ckpt = load_checkpoint(checkpoint)
+    config: ModelConfig = ckpt.config
+    if cfg.input_size is not None and tuple(cfg.input_size) != tuple(config.input_size):
+        config = ModelConfig.from_dict({**config.to_dict(), "input_size": list(cfg.input_size)})
+        ckpt.model.config = config
+    deploy, report = fold_model(ckpt.model, cfg.fold_form)
+    opts = ExportOptions(
+        opset=cfg.opset,
+        batch=cfg.batch,
+        dynamic_batch=cfg.dynamic_batch,
+        in_graph=cfg.in_graph_preprocessing,
+    )
+    try:
+        raw = export_parts(deploy, opts)
+    except Exception as e:
+        raise ExportError(f"{checkpoint}: torch.onnx.export failed: {type(e).__name__}: {e}") from e
+    protos: dict[str, onnx.ModelProto] = {}
+    simplified: dict[str, bool] = {}
+    for part, data in raw.items():
+        protos[part], simplified[part] = simplify_and_check(data, part)
+    frames = demo_frames(config.input_size, cfg.verify_frames)
+    vbatch = cfg.batch if not cfg.dynamic_batch else min(cfg.max_batch, 2)
+    n = (len(frames) // vbatch) * vbatch or vbatch
+    frames = frames[:n] if len(frames) >= vbatch else frames.repeat(vbatch, axis=0)[:vbatch]
+    checks = check_parts(protos, ckpt.model, frames, cfg.in_graph_preprocessing, vbatch)
+    enforce_tolerance(checks, cfg.tolerance)
+
+    spec = InputSpec(
+        height=config.input_size[0],
+        width=config.input_size[1],
+        channels=config.in_channels,
+        mean=config.mean,
+        std=config.std,
+        in_graph=cfg.in_graph_preprocessing,
+    )
+    h, w = config.input_size
+    taps = []
+    for k, name in enumerate(tap_names(config)):
+        stage = 0 if k == 0 else config.layers()[k - 1][0]
+        ch = config.shared_channels(stage)
+        taps.append(
+            {
+                "name": name,
+                "layer": k,
+                "stage": stage,
+                "channels": ch,
+                "shape": [cfg.batch if not cfg.dynamic_batch else -1, ch, h >> stage, w >> stage],
+            }
+        )
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "name": config.name,
+            "config": config.to_dict(),
+            "checkpoint": {"file": Path(checkpoint).name, "sha256": ckpt.sha256},
+            "metrics": ckpt.meta.get("metrics", {}),
+        },
+        "input": spec.to_dict(),
+        "batch": (
+            {"dynamic": True, "min": 1, "opt": cfg.batch, "max": cfg.max_batch}
+            if cfg.dynamic_batch
+            else {"dynamic": False, "size": cfg.batch}
+        ),
+        "opset": cfg.opset,
+        "taps": taps,
+        "tasks": {
+            t.name: {
+                "kind": t.kind,
+                "labels": list(t.labels),
+                "output": output_name(t),
+                "head": f"heads/{t.name}",
+                "decode": decode_spec(t),
+            }
+            for t in config.tasks
+        },
+        "parts": {
+            p: {
+                "file": f"{p}.onnx",
+                "inputs": [i.name for i in protos[p].graph.input],
+                "outputs": [o.name for o in protos[p].graph.output],
+                "simplified": simplified[p],
+            }
+            for p in protos
+        },
+        "fold": report.to_dict(),
+        "verification": {
+            "reference": "PyTorch, training form (unfolded), eval mode",
+            "frames": len(frames),
+            "source": "demo line, held-out indices",
+            "tolerance": cfg.tolerance,
+            "max_abs_error": {
+                p: {c.output: c.max_abs_error for c in checks if c.part == p} for p in protos
+            },
+        },
+        "versions": _versions(),
+    }
+    _write_bundle(out, protos, manifest, report.to_markdown(), cfg.force)
+    return out
+
+
+def _write_bundle(
+    out: Path,
+    protos: dict[str, onnx.ModelProto],
+    manifest: dict[str, Any],
+    report_md: str,
+    force: bool,
+) -> None:
+    parent = out.resolve().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    try:
+        files: dict[str, Any] = {}
+        for part, proto in protos.items():
+            path = tmp / f"{part}.onnx"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            onnx.save(proto, str(path))
+        (tmp / "fold_report.md").write_text(report_md + "\n")
+        for p in sorted(tmp.rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(tmp).as_posix()
+                files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        manifest["files"] = files
+        write_json_atomic(tmp / MANIFEST, manifest)
+        old = None
+        if out.exists():
+            if not force:
+                raise ExportError(f"{out} appeared during conversion; pass --force to replace it")
+            old = parent / f".{out.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_manifest(bundle: str | Path) -> dict[str, Any]:
+    return dict(json.loads((Path(bundle) / MANIFEST).read_text()))

@@ -1,0 +1,201 @@
+"""The ``edge`` command line: it parses arguments and calls one stage function per subcommand.
+
+Each subcommand's handler builds the stage's frozen config from the flags and calls the stage;
+user errors (``EdgeError``) are printed as one message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edge import __version__
+from edge.errors import EdgeError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from edge.info import describe_checkpoint
+
+    print(describe_checkpoint(args.checkpoint, as_json=args.json))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from edge.config import ModelConfig, demo_config
+    from edge.train import TrainConfig, train
+
+    if args.config:
+        config = ModelConfig.from_json(Path(args.config).read_text())
+    else:
+        overrides = {}
+        if args.gamma is not None:
+            overrides["gamma"] = args.gamma
+        if args.widths:
+            overrides["widths"] = tuple(int(w) for w in args.widths.split(","))
+            overrides["depths"] = (1,) * len(overrides["widths"])
+        if args.primitives:
+            overrides["primitives"] = tuple(args.primitives.split(","))
+        if args.model_seed is not None:
+            overrides["seed"] = args.model_seed
+        config = demo_config(**overrides)
+    cfg = TrainConfig(
+        out=Path(args.out),
+        data=args.data,
+        train_frames=args.train_frames,
+        val_frames=args.val_frames,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        line_seed=args.line_seed,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    command = "edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+    path = train(cfg, config, command=command)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from edge.convert.bundle import ConvertConfig, convert_checkpoint
+
+    size = None
+    if args.input_size:
+        h, _, w = args.input_size.partition("x")
+        size = (int(h), int(w or h))
+    cfg = ConvertConfig(
+        out=Path(args.out),
+        input_size=size,
+        opset=args.opset,
+        batch=args.batch,
+        dynamic_batch=args.dynamic_batch,
+        max_batch=args.max_batch,
+        in_graph_preprocessing=not args.no_preprocess,
+        tolerance=args.tolerance,
+        verify_frames=args.verify_frames,
+        fold_form=args.fold,
+        force=args.force,
+    )
+    out = convert_checkpoint(args.checkpoint, cfg)
+    print(f"wrote bundle {out}")
+    print((out / "fold_report.md").read_text().rstrip())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=Path(args.out), video_frames=args.frames))
+    return 0
+
+
+def _not_yet(name: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        print(f"edge {name}: not yet built in this version of etr-edge", file=sys.stderr)
+        return 3
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge",
+        description="ETR-NLP multi-task networks: PyTorch -> ONNX -> INT8 TensorRT -> camera",
+    )
+    p.add_argument("--version", action="version", version=f"etr-edge {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model on the demo line or a labelled folder (CPU)")
+    t.add_argument("--out", default="model.pt", help="checkpoint to write (default model.pt)")
+    t.add_argument(
+        "--data",
+        default="synthetic",
+        help="'synthetic' (the demo line) or a folder with labels.jsonl",
+    )
+    t.add_argument("--config", help="model config JSON (default: the demo model)")
+    t.add_argument("--gamma", type=float, help="sharing ratio γ of the demo model")
+    t.add_argument("--widths", help="comma-separated stage widths of the demo model")
+    t.add_argument("--primitives", help="comma-separated primitive kinds of the demo model")
+    t.add_argument("--model-seed", type=int, help="seed of the fixed primitives")
+    t.add_argument("--train-frames", type=int, default=4000)
+    t.add_argument("--val-frames", type=int, default=500)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--seed", type=int, default=0, help="training seed (init, shuffling)")
+    t.add_argument("--line-seed", type=int, default=0, help="demo line seed")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    i = sub.add_parser("info", help="print a checkpoint's config, tasks and parameter counts")
+    i.add_argument("checkpoint")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=_cmd_info)
+
+    c = sub.add_parser("convert", help="fold the fixed primitives; export trunk/heads/fused ONNX")
+    c.add_argument("checkpoint")
+    c.add_argument("--out", required=True, help="bundle folder to write")
+    c.add_argument("--input-size", help="HxW (default: the training size), e.g. 128x128")
+    c.add_argument("--opset", type=int, default=17)
+    c.add_argument("--batch", type=int, default=1, help="batch size (fixed, or opt if dynamic)")
+    c.add_argument("--dynamic-batch", action="store_true", help="dynamic batch 1..--max-batch")
+    c.add_argument("--max-batch", type=int, default=8)
+    c.add_argument(
+        "--no-preprocess",
+        action="store_true",
+        help="graphs take float NCHW normalised input (default: uint8 NHWC BGR)",
+    )
+    c.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="max |ONNX - PyTorch| relative to each output's range",
+    )
+    c.add_argument("--verify-frames", type=int, default=8)
+    c.add_argument(
+        "--fold",
+        default="auto",
+        choices=["auto", "single", "split", "bank"],
+        help="shared-layer form: auto = fewest MACs",
+    )
+    c.add_argument("--force", action="store_true", help="replace an existing bundle")
+    c.set_defaults(func=_cmd_convert)
+
+    for name, text in (
+        ("calibrate", "INT8 calibration: TensorRT caches, Q/DQ models, accuracy report"),
+        ("build", "build TensorRT engines on the device"),
+        ("run", "run a bundle on a camera/video/folder source"),
+        ("profile", "latency report per stage"),
+    ):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("args", nargs=argparse.REMAINDER)
+        s.set_defaults(func=_not_yet(name))
+    d = sub.add_parser("demo", help="the whole pipeline on the embedded demo model (CPU)")
+    d.add_argument("--out", default="demo-out", help="folder for the bundle, video and results")
+    d.add_argument("--frames", type=int, default=300, help="frames of demo video to run")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

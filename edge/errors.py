@@ -1,0 +1,111 @@
+"""One exception hierarchy for user errors, and a separate one for our own bugs.
+
+Every user-facing error says which stage failed, on which object, what was expected and what to
+do about it. The CLI prints ``EdgeError`` messages without a traceback and exits with status 2;
+``InternalError`` means a bug in etr-edge and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """A problem with the user's input, files or environment: fixable by the user."""
+
+    stage = "edge"
+
+    def __init__(self, message: str, *, stage: str | None = None) -> None:
+        if stage is not None:
+            self.stage = stage
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {super().__str__()}"
+
+
+class ConfigError(EdgeError):
+    """A model, stage or CLI configuration is invalid."""
+
+    stage = "config"
+
+
+class CheckpointError(EdgeError):
+    """A checkpoint file is missing, corrupt, not a checkpoint, or describes an unknown model."""
+
+    stage = "checkpoint"
+
+
+class DatasetError(EdgeError):
+    """A dataset or labels file cannot be read or does not match the model's tasks."""
+
+    stage = "data"
+
+
+class ExportError(EdgeError):
+    """Conversion to ONNX failed, or its verification against PyTorch failed."""
+
+    stage = "convert"
+
+
+class BundleError(EdgeError):
+    """A bundle on disk is missing, incomplete, altered, or from an unknown format version."""
+
+    stage = "bundle"
+
+
+class CalibrationError(EdgeError):
+    """INT8 calibration failed, or a calibration cache does not match the bundle."""
+
+    stage = "calibrate"
+
+
+class EngineBuildError(EdgeError):
+    """A TensorRT engine could not be built with the requested options."""
+
+    stage = "build"
+
+
+class EngineMismatchError(EdgeError):
+    """An engine file does not match this machine or its sidecar: it must be rebuilt."""
+
+    stage = "engine"
+
+
+class SourceError(EdgeError):
+    """A camera/video/image source URI is invalid or cannot be opened."""
+
+    stage = "source"
+
+
+class InputContractError(EdgeError):
+    """A feed given to a backend does not match the model's inputs (names, shapes, dtypes)."""
+
+    stage = "runtime"
+
+
+class ScheduleError(EdgeError):
+    """A dispatch schedule (CLI flags or file) is invalid."""
+
+    stage = "schedule"
+
+
+class MissingDependencyError(EdgeError):
+    """An optional dependency (torch, onnx, tensorrt, pycuda, matplotlib) is not installed."""
+
+    stage = "environment"
+
+
+class InternalError(Exception):
+    """A bug in etr-edge, not a user error. Deliberately not an EdgeError."""
+
+
+def require(module: str, *, extra: str, purpose: str) -> object:
+    """Import an optional dependency or raise a MissingDependencyError saying how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"{purpose} needs the Python package '{module}', which is not importable ({e}); "
+            f"install it with: pip install 'etr-edge[{extra}]'"
+        ) from e

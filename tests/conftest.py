@@ -1,0 +1,1 @@
+from tiny_models import tiny, tiny_bundle  # noqa: F401  (fixtures)

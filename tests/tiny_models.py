@@ -1,0 +1,61 @@
+"""Tiny model configs for tests, built inline (no binary fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import ModelConfig, TaskSpec
+
+TINY_TASKS = (
+    TaskSpec("defect", "classification", ("ok", "scratch", "hole", "stain")),
+    TaskSpec("attrs", "multilabel", ("shiny", "rusty", "bent")),
+    TaskSpec("mask", "segmentation", ("background", "defect"), decoder_channels=4),
+    TaskSpec("angle", "regression", ("angle",), scale=30.0, unit="deg"),
+)
+
+
+def tiny_config(**kw: object) -> ModelConfig:
+    base: dict[str, object] = dict(
+        tasks=TINY_TASKS, widths=(8, 16, 16), depths=(1, 2, 1), gamma=0.75, input_size=(32, 32)
+    )
+    base.update(kw)
+    return ModelConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def tiny() -> ModelConfig:
+    return tiny_config()
+
+
+def make_tiny_checkpoint(path: Path, config: ModelConfig | None = None, seed: int = 0) -> Path:
+    """A randomly initialised (untrained) checkpoint with non-trivial BN statistics."""
+    import torch
+
+    from edge.checkpoint import save_checkpoint
+    from edge.model import ETRNLP
+
+    torch.manual_seed(seed)
+    model = ETRNLP(config or tiny_config())
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            assert mod.running_mean is not None and mod.running_var is not None
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return save_checkpoint(path, model.eval(), {"metrics": {}})
+
+
+def make_tiny_bundle(folder: Path, config: ModelConfig | None = None, **convert_kw: object) -> Path:
+    """Checkpoint + ``edge convert`` of a tiny untrained model into ``folder/bundle``."""
+    from edge.convert.bundle import ConvertConfig, convert_checkpoint
+
+    ckpt = make_tiny_checkpoint(folder / "tiny.pt", config)
+    return convert_checkpoint(ckpt, ConvertConfig(out=folder / "bundle", **convert_kw))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("tiny"))
