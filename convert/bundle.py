@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,8 @@ from edge.convert.fold import fold_model
 from edge.convert.simplify import simplify_and_check
 from edge.convert.verify import check_parts, demo_frames, enforce_tolerance
 from edge.errors import ExportError
-from edge.manifest import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file, write_json_atomic
+from edge.files import sha256_file, staged_dir, write_json
+from edge.manifest import FORMAT, FORMAT_VERSION, MANIFEST
 from edge.runtime.preprocess import InputSpec
 
 
@@ -216,34 +215,21 @@ def _write_bundle(
     report_md: str,
     force: bool,
 ) -> None:
-    parent = out.resolve().parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:
-        files: dict[str, Any] = {}
-        for part, proto in protos.items():
-            path = tmp / f"{part}.onnx"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(proto, str(path))
-        (tmp / "fold_report.md").write_text(report_md + "\n")
-        for p in sorted(tmp.rglob("*")):
-            if p.is_file():
-                rel = p.relative_to(tmp).as_posix()
-                files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        manifest["files"] = files
-        write_json_atomic(tmp / MANIFEST, manifest)
-        old = None
-        if out.exists():
-            if not force:
-                raise ExportError(f"{out} appeared during conversion; pass --force to replace it")
-            old = parent / f".{out.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with staged_dir(out, replace=force) as tmp:
+            for part, proto in protos.items():
+                path = tmp / f"{part}.onnx"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                onnx.save(proto, str(path))
+            (tmp / "fold_report.md").write_text(report_md + "\n")
+            manifest["files"] = {
+                p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                for p in sorted(tmp.rglob("*"))
+                if p.is_file()
+            }
+            write_json(tmp / MANIFEST, manifest)
+    except FileExistsError as e:
+        raise ExportError(f"{out} appeared during conversion; pass --force to replace it") from e
 
 
 def read_manifest(bundle: str | Path) -> dict[str, Any]:

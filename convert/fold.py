@@ -264,8 +264,13 @@ class FoldSharedBanksPass:
         h, w = cfg.input_size
         for idx, (stage, j, _src, _stride) in enumerate(cfg.layers()):
             layer = model.shared[idx]
+            if isinstance(layer, FoldedShared):
+                continue  # already folded
             if not isinstance(layer, SharedLayer):
-                continue
+                raise ExportError(
+                    f"unsupported layer {type(layer).__name__} at shared[{idx}]: convert folds "
+                    "ETR-NLP shared layers (NLP bank + 1x1 + BN) only; train with edge train"
+                )
             pixels = (h >> stage) * (w >> stage)
             folded, rec = fold_shared_layer(layer, f"shared.{stage}.{j}", pixels, self.form)
             model.shared[idx] = folded
@@ -288,8 +293,13 @@ class FoldTaskBatchNormPass:
             assert isinstance(branch, TaskBranch)
             for k, (stage, j, _src, _stride) in enumerate(cfg.layers()):
                 layer = branch.layers[k]
+                if isinstance(layer, FoldedConv):
+                    continue  # already folded
                 if not isinstance(layer, TaskLayer):
-                    continue
+                    raise ExportError(
+                        f"unsupported layer {type(layer).__name__} in task branch '{task}': "
+                        "convert folds conv + BN + ReLU task layers only"
+                    )
                 scale, shift = bn_scale_shift(layer.bn)
                 wt = layer.conv.weight.detach().double().numpy() * scale[:, None, None, None]
                 conv = _conv(wt, shift, layer.conv.stride[0])

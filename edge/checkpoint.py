@@ -9,10 +9,7 @@ and must equal the stored buffers, so a checkpoint whose bank was altered is ref
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ import torch
 
 from edge.config import ModelConfig
 from edge.errors import CheckpointError, ConfigError
+from edge.files import sha256_file, write_with
 from edge.model import ETRNLP
 
 FORMAT = "etr-edge-checkpoint"
@@ -39,14 +37,6 @@ class Checkpoint:
     sha256: str = ""
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(path: str | Path, model: ETRNLP, meta: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (config + weights + meta) to ``path`` atomically."""
     path = Path(path)
@@ -57,16 +47,7 @@ def save_checkpoint(path: str | Path, model: ETRNLP, meta: dict[str, Any] | None
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": json.dumps(meta or {}, sort_keys=True),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_with(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -128,4 +109,4 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             )
     model.load_state_dict(state)
     model.eval()
-    return Checkpoint(model=model, config=config, meta=meta, path=path, sha256=file_sha256(path))
+    return Checkpoint(model=model, config=config, meta=meta, path=path, sha256=sha256_file(path))

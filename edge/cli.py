@@ -88,6 +88,46 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from edge.convert.build import BuildConfig, build_engines
+
+    cfg = BuildConfig(
+        precision=args.precision, int8_mode=args.int8_mode, dla_core=args.dla_core,
+        workspace_mib=args.workspace,
+        timing_cache=Path(args.timing_cache) if args.timing_cache else None,
+        use_timing_cache=not args.no_timing_cache,
+        parts=tuple(p for p in args.parts.split(",") if p) if args.parts else None,
+        calibrate_data=args.calibrate_data, calibrate_frames=args.calibrate_frames,
+        builder_optimization_level=args.opt_level,
+        strongly_typed=True if args.strongly_typed else None,
+        gpu_fallback=not args.no_gpu_fallback, force=args.force,
+        progress=not args.no_progress, verbose=args.verbose,
+    )
+    for path in build_engines(args.bundle, cfg):
+        print(f"engine {path}")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from edge.profile.stage import ProfileConfig, profile_bundle, summarize_for_cli
+
+    cfg = ProfileConfig(
+        source=args.source, warmup=args.warmup, frames=args.frames, duration_s=args.duration,
+        compare=tuple(args.compare or ()), baseline=args.baseline, report=Path(args.report),
+        backend=args.backend, precision=args.precision, split=not args.fused,
+        tasks=tuple(t for t in args.tasks.split(",") if t) if args.tasks else None,
+        schedule=Path(args.schedule) if args.schedule else None,
+        every=tuple(args.every or ()), when=tuple(args.when or ()),
+        predict=tuple(args.predict or ()), telemetry=args.telemetry, policy=args.policy,
+        jsonl=Path(args.jsonl) if args.jsonl else None, plots=not args.no_plots,
+        progress=not args.no_progress,
+        backend_options={"intra_op_threads": args.threads} if args.threads else {},
+    )
+    out = profile_bundle(args.bundle, cfg)
+    print(summarize_for_cli(out))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import DemoConfig, run_demo
 
@@ -170,13 +210,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (
         ("calibrate", "INT8 calibration: TensorRT caches, Q/DQ models, accuracy report"),
-        ("build", "build TensorRT engines on the device"),
         ("run", "run a bundle on a camera/video/folder source"),
-        ("profile", "latency report per stage"),
     ):
         s = sub.add_parser(name, help=text)
         s.add_argument("args", nargs=argparse.REMAINDER)
         s.set_defaults(func=_not_yet(name))
+    b = sub.add_parser("build", help="build TensorRT engines on the device (needs TensorRT)")
+    b.add_argument("bundle")
+    b.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    b.add_argument("--int8-mode", choices=["implicit", "explicit"],
+                   help="implicit: calibration cache (TensorRT <= 10); explicit: Q/DQ models "
+                   "(the only INT8 path on TensorRT 11); default: implicit where it exists")
+    b.add_argument("--dla-core", "--dla", dest="dla_core", type=int,
+                   help="build for this DLA core (FP16/INT8), with GPU fallback")
+    b.add_argument("--no-gpu-fallback", action="store_true", help="fail on DLA-unsupported layers")
+    b.add_argument("--workspace", type=int, help="workspace pool limit in MiB (small boards: 256+)")
+    b.add_argument("--timing-cache", help="timing cache file (default engines/<device>/timing.cache)")
+    b.add_argument("--no-timing-cache", action="store_true")
+    b.add_argument("--parts", help="comma-separated: trunk, heads, fused, or task names")
+    b.add_argument("--calibrate-data", help="implicit INT8 without a cache: calibrate from SOURCE")
+    b.add_argument("--calibrate-frames", type=int, default=256)
+    b.add_argument("--opt-level", type=int, help="builder optimization level 0..5")
+    b.add_argument("--strongly-typed", action="store_true")
+    b.add_argument("--force", action="store_true", help="rebuild engines that are current")
+    b.add_argument("--verbose", action="store_true")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=_cmd_build)
+
+    f = sub.add_parser("profile", help="latency report per stage (JSON, Markdown, PNG plots)")
+    f.add_argument("bundle")
+    f.add_argument("--source", help="profile the whole pipeline on this source URI "
+                   "(default: inference alone on in-memory frames)")
+    f.add_argument("--warmup", default="20", help="warm-up excluded: N frames or S seconds ('2s')")
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--frames", type=int, help="measured frames per phase (default 300)")
+    g.add_argument("--duration", type=float, help="measured seconds per phase")
+    f.add_argument("--compare", action="extend", nargs="+", metavar="ARM",
+                   help="arms run interleaved with the base, e.g. int8 fused 'tasks=defect' "
+                   "'every=mask=4' or the preset 'precisions'")
+    f.add_argument("--baseline", help="arm the ratio table divides by (default: base)")
+    f.add_argument("--report", default="profile-report", help="report folder")
+    f.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    f.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    f.add_argument("--fused", action="store_true", help="base arm runs fused.onnx")
+    f.add_argument("--tasks", help="comma-separated tasks of the base arm")
+    f.add_argument("--schedule", help="schedule file for the base arm")
+    f.add_argument("--every", action="append", metavar="TASK=N")
+    f.add_argument("--when", action="append", metavar="'TASK: COND'")
+    f.add_argument("--predict", action="append", metavar="TASK=RATE",
+                   help="cost-model question, e.g. mask=0.1")
+    f.add_argument("--telemetry", default="auto", choices=["auto", "on", "off"])
+    f.add_argument("--policy", help="frame policy of the pipeline phase: latest | fifo:N")
+    f.add_argument("--jsonl", help="also write per-frame results of the pipeline phase")
+    f.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    f.add_argument("--no-plots", action="store_true")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=_cmd_profile)
+
     d = sub.add_parser("demo", help="the whole pipeline on the embedded demo model (CPU)")
     d.add_argument("--out", default="demo-out", help="folder for the bundle, video and results")
     d.add_argument("--frames", type=int, default=300, help="frames of demo video to run")

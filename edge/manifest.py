@@ -9,16 +9,14 @@ profile (DESIGN.md §2). Imports neither torch nor onnx.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge.config import ModelConfig, TaskSpec
 from edge.errors import BundleError
+from edge.files import sha256_file, write_json
 from edge.runtime.preprocess import InputSpec
 
 FORMAT = "etr-edge-bundle"
@@ -26,27 +24,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_json_atomic(path: Path, data: Any) -> Path:
     """Write JSON to a temporary name beside ``path``, then rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, data)
 
 
 def part_file(part: str) -> str:

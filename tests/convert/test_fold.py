@@ -115,3 +115,20 @@ def test_task_batchnorm_folds() -> None:
 def test_unknown_form() -> None:
     with pytest.raises(ExportError, match="fold form"):
         fold_model(_model(), "magic")
+
+
+def test_unsupported_layer_is_a_clear_error() -> None:
+    m = _model()
+    m.shared[1] = torch.nn.Identity()
+    with pytest.raises(ExportError, match="unsupported layer Identity"):
+        fold_model(m)
+
+
+def test_folding_twice_changes_nothing() -> None:
+    from edge.convert.fold import FoldReport, FoldSharedBanksPass, FoldTaskBatchNormPass
+
+    folded, _ = fold_model(_model())
+    report = FoldReport()
+    assert not FoldSharedBanksPass(report)(folded).changed
+    assert not FoldTaskBatchNormPass(report)(folded).changed
+    assert report.layers == []
