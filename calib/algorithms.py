@@ -16,8 +16,8 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from edge.calib.histogram import TensorStats
 
+from edge.calib.histogram import TensorStats
 from edge.errors import CalibrationError, ConfigError
 
 START_BIN = 128

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from edge.calib.algorithms import scale_from_amax
-
 from edge.errors import CalibrationError
 from edge.trt_version import TrtVersion
 

@@ -192,6 +192,7 @@ def convert_checkpoint(checkpoint: str | Path, cfg: ConvertConfig) -> Path:
             }
             for p in protos
         },
+        "merged_heads": "heads_all" if "heads_all" in protos else None,
         "fold": report.to_dict(),
         "verification": {
             "reference": "PyTorch, training form (unfolded), eval mode",

@@ -59,11 +59,19 @@ class HeadGraph(nn.Module):
 
 
 class FusedGraph(nn.Module):
+    """image -> every task's output: the trunk, then all heads in their merged form
+    (convert/merge.py) when there are several tasks."""
+
     def __init__(self, model: ETRNLP, in_graph: bool):
         super().__init__()
+        from edge.convert.merge import MergedHeads
+
         self.front, self.model = Front(model.config, in_graph), model
+        self.merged = MergedHeads(model) if len(model.config.tasks) > 1 else None
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        if self.merged is not None:
+            return tuple(self.merged(*self.model.trunk(self.front(image))))
         out = self.model(self.front(image))
         return tuple(out[t] for t in self.model.config.task_names)
 
@@ -122,6 +130,12 @@ def export_parts(model: ETRNLP, opts: ExportOptions) -> dict[str, bytes]:
     for t in cfg.tasks:
         parts[f"heads/{t.name}"] = _export(
             HeadGraph(model, t.name), shared, taps, [output_name(t)], opts
+        )
+    if len(cfg.tasks) > 1:
+        from edge.convert.merge import MERGED_PART, MergedHeads
+
+        parts[MERGED_PART] = _export(
+            MergedHeads(model), shared, taps, [output_name(t) for t in cfg.tasks], opts
         )
     parts["fused"] = _export(
         FusedGraph(model, opts.in_graph),

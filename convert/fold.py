@@ -65,14 +65,37 @@ class FoldReport:
             "total": self.totals(),
         }
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, *, per_task_layers: bool = True) -> str:
+        """The fold table; ``per_task_layers=False`` sums each task's layers into one row."""
         rows = [
             "| layer | form | folded | kept as ops (why) | MACs before | MACs after | "
             "params before | params after |",
             "|---|---|---|---|---:|---:|---:|---:|",
         ]
-        for x in self.layers:
-            kept = "; ".join(f"{k} ({v})" for k, v in x.kept.items()) or "-"
+        layers = list(self.layers)
+        if not per_task_layers:
+            layers = [x for x in layers if x.name.startswith("shared")]
+            tasks = dict.fromkeys(
+                x.name.split(".")[0] for x in self.layers if not x.name.startswith("shared")
+            )
+            for task in tasks:
+                tot = self.totals(f"{task}.")
+                layers.append(
+                    LayerFold(
+                        name=f"{task} (all layers)",
+                        form="conv3x3",
+                        folded=["batchnorm"],
+                        macs_before=tot["macs_before"],
+                        macs_after=tot["macs_after"],
+                        params_before=tot["params_before"],
+                        params_after=tot["params_after"],
+                    )
+                )
+        for x in layers:
+            reasons: dict[str, list[str]] = {}
+            for kind, why in x.kept.items():
+                reasons.setdefault(why, []).append(kind)
+            kept = "; ".join(f"{', '.join(k)} ({why})" for why, k in reasons.items()) or "-"
             rows.append(
                 f"| {x.name} | {x.form} | {', '.join(x.folded) or '-'} | {kept} | "
                 f"{x.macs_before:,} | {x.macs_after:,} | {x.params_before:,} | "

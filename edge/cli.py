@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from edge import __version__
 from edge.errors import EdgeError
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -88,23 +86,83 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from edge.calib.stage import CalibConfig, calibrate_bundle
+
+    cfg = CalibConfig(
+        data=args.data,
+        frames=args.frames,
+        batch=args.batch,
+        seed=args.seed,
+        algorithm=args.algorithm,
+        percentile=args.percentile,
+        target=args.target,
+        keep_float=tuple(args.keep_float or ()),
+        keep_float_heads=tuple(args.keep_float_head or ()),
+        eval_frames=args.eval_frames,
+        eval_data=args.eval_data,
+        sensitivity=args.sensitivity,
+    )
+    out = calibrate_bundle(args.bundle, cfg)
+    print((Path(out) / "calib" / "report.md").read_text().rstrip())
+    return 0
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from edge.convert.build import BuildConfig, build_engines
 
     cfg = BuildConfig(
-        precision=args.precision, int8_mode=args.int8_mode, dla_core=args.dla_core,
+        precision=args.precision,
+        int8_mode=args.int8_mode,
+        dla_core=args.dla_core,
         workspace_mib=args.workspace,
         timing_cache=Path(args.timing_cache) if args.timing_cache else None,
         use_timing_cache=not args.no_timing_cache,
         parts=tuple(p for p in args.parts.split(",") if p) if args.parts else None,
-        calibrate_data=args.calibrate_data, calibrate_frames=args.calibrate_frames,
+        calibrate_data=args.calibrate_data,
+        calibrate_frames=args.calibrate_frames,
         builder_optimization_level=args.opt_level,
         strongly_typed=True if args.strongly_typed else None,
-        gpu_fallback=not args.no_gpu_fallback, force=args.force,
-        progress=not args.no_progress, verbose=args.verbose,
+        gpu_fallback=not args.no_gpu_fallback,
+        force=args.force,
+        progress=not args.no_progress,
+        verbose=args.verbose,
     )
     for path in build_engines(args.bundle, cfg):
         print(f"engine {path}")
+    return 0
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """--threads for ONNX Runtime, --precision for TensorRT (which engines to load)."""
+    if args.backend == "tensorrt":
+        return {"precision": args.precision} if getattr(args, "precision", None) else {}
+    return {"intra_op_threads": args.threads} if args.threads else {}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge.runtime.run import RunConfig, run_bundle
+
+    cfg = RunConfig(
+        source=args.source,
+        tasks=tuple(t for t in args.tasks.split(",") if t) if args.tasks else None,
+        schedule=Path(args.schedule) if args.schedule else None,
+        every=tuple(args.every or ()),
+        when=tuple(args.when or ()),
+        policy=args.policy,
+        frames=args.frames,
+        duration_s=args.duration,
+        out=Path(args.out) if args.out else None,
+        video=Path(args.video) if args.video else None,
+        summary=Path(args.summary) if args.summary else None,
+        backend=args.backend,
+        split=not args.fused,
+        warmup=args.warmup,
+        overlap=not args.no_overlap,
+        backend_options=_backend_options(args),
+    )
+    summary = run_bundle(args.bundle, cfg)
+    print(summary.to_text())
     return 0
 
 
@@ -112,16 +170,32 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from edge.profile.stage import ProfileConfig, profile_bundle, summarize_for_cli
 
     cfg = ProfileConfig(
-        source=args.source, warmup=args.warmup, frames=args.frames, duration_s=args.duration,
-        compare=tuple(args.compare or ()), baseline=args.baseline, report=Path(args.report),
-        backend=args.backend, precision=args.precision, split=not args.fused,
+        source=args.source,
+        warmup=args.warmup,
+        frames=args.frames,
+        duration_s=args.duration,
+        compare=tuple(args.compare or ()),
+        baseline=args.baseline,
+        report=Path(args.report),
+        backend=args.backend,
+        precision=args.precision,
+        split=not args.fused,
         tasks=tuple(t for t in args.tasks.split(",") if t) if args.tasks else None,
         schedule=Path(args.schedule) if args.schedule else None,
-        every=tuple(args.every or ()), when=tuple(args.when or ()),
-        predict=tuple(args.predict or ()), telemetry=args.telemetry, policy=args.policy,
-        jsonl=Path(args.jsonl) if args.jsonl else None, plots=not args.no_plots,
+        every=tuple(args.every or ()),
+        when=tuple(args.when or ()),
+        predict=tuple(args.predict or ()),
+        telemetry=args.telemetry,
+        policy=args.policy,
+        jsonl=Path(args.jsonl) if args.jsonl else None,
+        plots=not args.no_plots,
         progress=not args.no_progress,
-        backend_options={"intra_op_threads": args.threads} if args.threads else {},
+        # the profiler picks engines per arm from --precision / --compare itself
+        backend_options=(
+            {"intra_op_threads": args.threads}
+            if args.threads and args.backend == "onnxruntime"
+            else {}
+        ),
     )
     out = profile_bundle(args.bundle, cfg)
     print(summarize_for_cli(out))
@@ -133,14 +207,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(DemoConfig(out=Path(args.out), video_frames=args.frames))
     return 0
-
-
-def _not_yet(name: str) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        print(f"edge {name}: not yet built in this version of etr-edge", file=sys.stderr)
-        return 3
-
-    return handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,24 +274,65 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing bundle")
     c.set_defaults(func=_cmd_convert)
 
-    for name, text in (
-        ("calibrate", "INT8 calibration: TensorRT caches, Q/DQ models, accuracy report"),
-        ("run", "run a bundle on a camera/video/folder source"),
-    ):
-        s = sub.add_parser(name, help=text)
-        s.add_argument("args", nargs=argparse.REMAINDER)
-        s.set_defaults(func=_not_yet(name))
+    k = sub.add_parser("calibrate", help="INT8 without a GPU: TensorRT caches, Q/DQ models, report")
+    k.add_argument("bundle")
+    k.add_argument(
+        "--data",
+        default="synthetic:",
+        help="calibration frames: video file, image folder or synthetic:[?seed=S]",
+    )
+    k.add_argument("--frames", type=int, default=512, help="calibration frames (shuffled)")
+    k.add_argument("--batch", type=int, default=32)
+    k.add_argument("--seed", type=int, default=0, help="shuffling seed")
+    k.add_argument("--algorithm", default="entropy", choices=["entropy", "minmax", "percentile"])
+    k.add_argument("--percentile", type=float, default=99.99)
+    k.add_argument(
+        "--target",
+        default="10.3.0",
+        help="TensorRT version the caches are for (JetPack 6.1/6.2: 10.3.0)",
+    )
+    k.add_argument(
+        "--keep-float",
+        action="append",
+        metavar="TENSOR",
+        help="leave this tensor unquantized in the Q/DQ models (repeatable)",
+    )
+    k.add_argument(
+        "--keep-float-head",
+        action="append",
+        metavar="TASK",
+        help="keep this task's whole head in float (repeatable)",
+    )
+    k.add_argument("--eval-frames", type=int, default=256, help="held-out frames for the report")
+    k.add_argument("--eval-data", help="held-out source (default: held-out demo-line frames)")
+    k.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="rank tensors by how much keeping each in float recovers",
+    )
+    k.set_defaults(func=_cmd_calibrate)
+
     b = sub.add_parser("build", help="build TensorRT engines on the device (needs TensorRT)")
     b.add_argument("bundle")
     b.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
-    b.add_argument("--int8-mode", choices=["implicit", "explicit"],
-                   help="implicit: calibration cache (TensorRT <= 10); explicit: Q/DQ models "
-                   "(the only INT8 path on TensorRT 11); default: implicit where it exists")
-    b.add_argument("--dla-core", "--dla", dest="dla_core", type=int,
-                   help="build for this DLA core (FP16/INT8), with GPU fallback")
+    b.add_argument(
+        "--int8-mode",
+        choices=["implicit", "explicit"],
+        help="implicit: calibration cache (TensorRT <= 10); explicit: Q/DQ models "
+        "(the only INT8 path on TensorRT 11); default: implicit where it exists",
+    )
+    b.add_argument(
+        "--dla-core",
+        "--dla",
+        dest="dla_core",
+        type=int,
+        help="build for this DLA core (FP16/INT8), with GPU fallback",
+    )
     b.add_argument("--no-gpu-fallback", action="store_true", help="fail on DLA-unsupported layers")
     b.add_argument("--workspace", type=int, help="workspace pool limit in MiB (small boards: 256+)")
-    b.add_argument("--timing-cache", help="timing cache file (default engines/<device>/timing.cache)")
+    b.add_argument(
+        "--timing-cache", help="timing cache file (default engines/<device>/timing.cache)"
+    )
     b.add_argument("--no-timing-cache", action="store_true")
     b.add_argument("--parts", help="comma-separated: trunk, heads, fused, or task names")
     b.add_argument("--calibrate-data", help="implicit INT8 without a cache: calibrate from SOURCE")
@@ -237,17 +344,65 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_cmd_build)
 
+    r = sub.add_parser("run", help="run a bundle on a camera / video / folder / synthetic source")
+    r.add_argument("bundle")
+    r.add_argument(
+        "--source",
+        required=True,
+        help="video file, image folder, synthetic:[?frames=N], usb:N, "
+        "v4l2:///dev/videoN, rtsp://..., csi://N, gst:PIPELINE",
+    )
+    r.add_argument("--tasks", help="comma-separated tasks to run every frame (default: all)")
+    r.add_argument("--schedule", help="schedule file: one 'task: rule' per line (or JSON)")
+    r.add_argument("--every", action="append", metavar="TASK=N", help="run TASK every N-th frame")
+    r.add_argument(
+        "--when",
+        action="append",
+        metavar="'TASK: COND'",
+        help="run TASK only when a condition holds, e.g. 'mask: defect != ok'",
+    )
+    r.add_argument("--policy", help="latest (live default) | fifo:N (files default fifo:4)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--frames", type=int, help="stop after N frames")
+    g.add_argument("--duration", type=float, help="stop after S seconds")
+    r.add_argument("--out", help="JSONL results, one line per frame")
+    r.add_argument("--video", help="annotated video (.mp4/.avi/.mkv) or a folder of PNGs")
+    r.add_argument("--summary", help="summary JSON (default: <out>.summary.json)")
+    r.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    r.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        help="TensorRT: which engines to load (default fp16)",
+    )
+    r.add_argument("--fused", action="store_true", help="run fused.onnx (all tasks every frame)")
+    r.add_argument("--warmup", type=int, default=3, help="warm-up inferences before capture")
+    r.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    r.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="do not overlap preprocessing/sinks with inference",
+    )
+    r.set_defaults(func=_cmd_run)
+
     f = sub.add_parser("profile", help="latency report per stage (JSON, Markdown, PNG plots)")
     f.add_argument("bundle")
-    f.add_argument("--source", help="profile the whole pipeline on this source URI "
-                   "(default: inference alone on in-memory frames)")
+    f.add_argument(
+        "--source",
+        help="profile the whole pipeline on this source URI "
+        "(default: inference alone on in-memory frames)",
+    )
     f.add_argument("--warmup", default="20", help="warm-up excluded: N frames or S seconds ('2s')")
     g = f.add_mutually_exclusive_group()
     g.add_argument("--frames", type=int, help="measured frames per phase (default 300)")
     g.add_argument("--duration", type=float, help="measured seconds per phase")
-    f.add_argument("--compare", action="extend", nargs="+", metavar="ARM",
-                   help="arms run interleaved with the base, e.g. int8 fused 'tasks=defect' "
-                   "'every=mask=4' or the preset 'precisions'")
+    f.add_argument(
+        "--compare",
+        action="extend",
+        nargs="+",
+        metavar="ARM",
+        help="arms run interleaved with the base, e.g. int8 fused 'tasks=defect' "
+        "'every=mask=4' or the preset 'precisions'",
+    )
     f.add_argument("--baseline", help="arm the ratio table divides by (default: base)")
     f.add_argument("--report", default="profile-report", help="report folder")
     f.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
@@ -257,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--schedule", help="schedule file for the base arm")
     f.add_argument("--every", action="append", metavar="TASK=N")
     f.add_argument("--when", action="append", metavar="'TASK: COND'")
-    f.add_argument("--predict", action="append", metavar="TASK=RATE",
-                   help="cost-model question, e.g. mask=0.1")
+    f.add_argument(
+        "--predict", action="append", metavar="TASK=RATE", help="cost-model question, e.g. mask=0.1"
+    )
     f.add_argument("--telemetry", default="auto", choices=["auto", "on", "off"])
     f.add_argument("--policy", help="frame policy of the pipeline phase: latest | fifo:N")
     f.add_argument("--jsonl", help="also write per-frame results of the pipeline phase")

@@ -245,7 +245,7 @@ def demo_tasks() -> tuple[TaskSpec, ...]:
     return (
         TaskSpec("defect", "classification", tuple(DEFECT_CLASSES)),
         TaskSpec("part", "classification", tuple(PART_CLASSES)),
-        TaskSpec("mask", "segmentation", ("background", "defect"), decoder_channels=16),
+        TaskSpec("mask", "segmentation", ("background", "defect"), decoder_channels=8),
         TaskSpec("angle", "regression", ("angle",), scale=ANGLE_RANGE_DEG, unit="deg"),
     )
 
@@ -262,7 +262,7 @@ def parameter_formula(config: ModelConfig) -> dict[str, object]:
       shared (learnable): A^l: k·C_s(i)·C_s(l), BN: 2·C_s(l)
       task t (learnable): W_t^l: 9·(C_s(i)+C_p(i))·C_p(l), BN: 2·C_p(l)
       fixed: each conv primitive C_s(i)·C_s(i)·9 (full) or C_s(i)·9 (depthwise)
-    Heads: image-level C_L·n + n; segmentation Σ_l (C_l·D + D) + D·n + n.
+    Heads: image-level (average + max pooled) 2·C_L·n + n; segmentation Σ_l (C_l·D + D) + D·n + n.
     """
     k = len(config.primitives)
     conv_prims = sum(p in ("lbc", "gauss", "dilated") for p in config.primitives)
@@ -281,7 +281,7 @@ def parameter_formula(config: ModelConfig) -> dict[str, object]:
             d = t.decoder_channels
             head = sum(w * d + d for w in config.widths) + d * n + n
         else:
-            head = config.widths[-1] * n + n
+            head = 2 * config.widths[-1] * n + n
         per_task[t.name] = branch + head
     return {
         "shared": shared,

@@ -29,7 +29,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:
+def write_with(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
     """Call ``writer(tmp_path)`` to write a temporary file beside ``path``, then rename it.
 
     For writers that insist on a path of their own (``torch.save``, ``onnx.save``, ``np.savez``).
@@ -48,16 +48,26 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> 
     return path
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    return write_with(path, lambda tmp: tmp.write_bytes(data))
+def write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
+    """Write ``data`` (fsync'd before the rename: engines must survive a power cut)."""
+
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return write_with(path, writer)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_with(path, lambda tmp: tmp.write_text(text))
 
 
-def write_json(path: str | os.PathLike[str], data: Any, *, indent: int = 2) -> Path:
-    return write_text(path, json.dumps(data, indent=indent) + "\n")
+def write_json(
+    path: str | os.PathLike[str], data: Any, *, indent: int = 2, sort_keys: bool = False
+) -> Path:
+    return write_text(path, json.dumps(data, indent=indent, sort_keys=sort_keys) + "\n")
 
 
 @contextmanager

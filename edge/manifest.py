@@ -68,7 +68,14 @@ class Bundle:
 
     @property
     def parts(self) -> list[str]:
-        return ["trunk", *[t.head for t in self.tasks.values()], "fused"]
+        merged = [self.merged_heads] if self.merged_heads else []
+        return ["trunk", *[t.head for t in self.tasks.values()], *merged, "fused"]
+
+    @property
+    def merged_heads(self) -> str | None:
+        """The part running every head at once (convert/merge.py), when the bundle has one."""
+        name = self.manifest.get("merged_heads")
+        return str(name) if name else None
 
     def path(self, part_or_file: str) -> Path:
         name = part_or_file if part_or_file.endswith(".onnx") else part_file(part_or_file)

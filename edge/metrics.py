@@ -11,6 +11,7 @@ Each kind has one primary metric (``PRIMARY``) that reports compare.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from edge.config import TaskSpec
@@ -51,7 +52,7 @@ class TaskScorer:
             self.abs_err += float(err.mean(axis=tuple(range(1, err.ndim))).sum())
             self.n += len(target)
         else:
-            pred = raw.argmax(axis=1)
+            pred = upsample_logits(raw, target.shape[-2:]).argmax(axis=1)
             for c in range(self.spec.num_outputs):
                 p, t = pred == c, target == c
                 self.inter[c] += np.logical_and(p, t).sum()
@@ -71,6 +72,23 @@ class TaskScorer:
         fg = [c for c in range(1, self.spec.num_outputs) if self.union[c] > 0]
         iou = float(np.mean([self.inter[c] / self.union[c] for c in fg])) if fg else 1.0
         return {"iou": 100.0 * iou, "pixel_accuracy": 100.0 * self.correct / self.pixels}
+
+
+def upsample_logits(raw: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """(N, C, h, w) logits -> (N, C, H, W), bilinear (half-pixel centres, as torch's
+    ``interpolate(align_corners=False)`` and ONNX Resize); unchanged when already that size."""
+    h, w = int(size[0]), int(size[1])
+    if raw.shape[-2:] == (h, w):
+        return raw
+    n, c = raw.shape[:2]
+    planes = raw.reshape(n * c, *raw.shape[-2:]).transpose(1, 2, 0)  # H, W, N*C for cv2
+    out = np.empty((h, w, n * c), dtype=raw.dtype)
+    for k in range(0, n * c, 512):  # cv2 takes at most 512 channels at once
+        chunk = cv2.resize(
+            np.ascontiguousarray(planes[..., k : k + 512]), (w, h), interpolation=cv2.INTER_LINEAR
+        )
+        out[..., k : k + 512] = chunk.reshape(h, w, -1)
+    return out.transpose(2, 0, 1).reshape(n, c, h, w)
 
 
 def agreement(spec: TaskSpec, raw_a: np.ndarray, raw_b: np.ndarray) -> float:

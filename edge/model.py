@@ -100,18 +100,29 @@ class TaskLayer(nn.Module):
 
 
 class ImageHead(nn.Module):
-    """Global average pool + linear: classification logits, multi-label logits or regression."""
+    """Global average and max pooling + linear: classification logits, multi-label logits or
+    regression values. The max pool keeps small, local evidence (a scratch, a hole) that an
+    average over the whole part dilutes."""
 
     def __init__(self, c_in: int, n_out: int):
         super().__init__()
-        self.fc = nn.Linear(c_in, n_out)
+        self.fc = nn.Linear(2 * c_in, n_out)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
-        return self.fc(feats[-1].mean(dim=(2, 3)))
+        x = feats[-1]
+        return self.fc(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
 
 
 class DenseHead(nn.Module):
-    """Top-down decoder over every stage (lateral 1x1 + 2x upsampling), logits at input size."""
+    """Top-down decoder over every stage (lateral 1x1 + 2x upsampling).
+
+    Logits come out at the first stage's resolution (stride ``OUTPUT_STRIDE`` = 2): the last,
+    parameter-free 2x upsampling is left to whoever needs full-size masks (the training loss and
+    the metrics upsample logits bilinearly; the runtime resizes the decoded mask to the frame),
+    which keeps the deployed head cheap.
+    """
+
+    OUTPUT_STRIDE = 2
 
     def __init__(self, widths: tuple[int, ...], channels: int, n_out: int):
         super().__init__()
@@ -122,8 +133,7 @@ class DenseHead(nn.Module):
         y = self.lateral[-1](feats[-1])
         for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
             y = F.interpolate(y, scale_factor=2.0, mode="nearest") + lat(f)
-        y = self.classify(F.relu(y))
-        return F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.classify(F.relu(y))
 
 
 class TaskBranch(nn.Module):
@@ -212,8 +222,8 @@ class Preprocess(nn.Module):
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
-        m = np.asarray(mean, dtype=np.float32).reshape(1, 1, 1, -1)
-        inv = (1.0 / np.asarray(std, dtype=np.float32)).reshape(1, 1, 1, -1)
+        m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        inv = (1.0 / np.asarray(std, dtype=np.float32)).reshape(1, -1, 1, 1)
         self.register_buffer("mean", torch.from_numpy(m))
         self.register_buffer("inv_std", torch.from_numpy(inv))
 
@@ -221,8 +231,9 @@ class Preprocess(nn.Module):
     inv_std: Tensor
 
     def forward(self, frames: Tensor) -> Tensor:
-        x = (frames.to(torch.float32) - self.mean) * self.inv_std
-        return x.permute(0, 3, 1, 2)
+        # transpose first, then normalise per channel: broadcasting over a trailing axis of 3
+        # is several times slower in ONNX Runtime than over (1, C, 1, 1)
+        return (frames.permute(0, 3, 1, 2).to(torch.float32) - self.mean) * self.inv_std
 
 
 def count_parameters(model: ETRNLP) -> dict[str, object]:

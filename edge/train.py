@@ -184,7 +184,10 @@ def task_loss(spec: TaskSpec, out: torch.Tensor, target: torch.Tensor) -> torch.
         return F.binary_cross_entropy_with_logits(out, target)
     if spec.kind == "regression":
         return F.smooth_l1_loss(out, target, beta=0.1)
-    # segmentation: cross-entropy plus soft dice on the foreground classes (defects are small)
+    # segmentation: logits at stride 2, upsampled to the target; cross-entropy plus soft dice on
+    # the foreground classes (defects are small)
+    if out.shape[-2:] != target.shape[-2:]:
+        out = F.interpolate(out, size=target.shape[-2:], mode="bilinear", align_corners=False)
     ce = F.cross_entropy(out, target)
     prob = out.softmax(dim=1)[:, 1:]
     onehot = F.one_hot(target, spec.num_outputs).permute(0, 3, 1, 2)[:, 1:].float()

@@ -16,16 +16,15 @@ This module imports neither TensorRT nor torch nor onnx.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from edge.errors import BundleError, EngineMismatchError, InternalError
+from edge.files import sha256_file, write_json
 from edge.trt_version import TrtVersion
 
 SIDECAR_FORMAT = "etr-edge-engine"
@@ -38,15 +37,6 @@ def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
     """``trunk.int8.engine`` -> ``trunk.int8.engine.json``."""
     p = Path(engine_path)
     return p.with_name(p.name + ".json")
-
-
-def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (engines can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _rebuild_hint(engine_path: Path, precision: object = None) -> str:
@@ -93,19 +83,7 @@ def write_sidecar(engine_path: str | os.PathLike[str], info: Mapping[str, Any]) 
         "compute_capability": _norm_cc(device["compute_capability"]),
     }
     record["engine_sha256"] = sha256_file(engine)
-    target = sidecar_path(engine)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_json(sidecar_path(engine), record, sort_keys=True)
 
 
 def read_sidecar(engine_path: str | os.PathLike[str]) -> dict[str, Any]:

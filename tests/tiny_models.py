@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,11 +30,11 @@ def tiny() -> ModelConfig:
     return tiny_config()
 
 
-def make_tiny_checkpoint(path: Path, config: ModelConfig | None = None, seed: int = 0) -> Path:
-    """A randomly initialised (untrained) checkpoint with non-trivial BN statistics."""
+def tiny_model(config: ModelConfig | None = None, seed: int = 0, spread: float = 0.5) -> Any:
+    """An untrained ETRNLP in eval mode whose BatchNorms have non-trivial statistics (so BN
+    folding is really exercised); ``spread`` scales how far they are from identity."""
     import torch
 
-    from edge.checkpoint import save_checkpoint
     from edge.model import ETRNLP
 
     torch.manual_seed(seed)
@@ -41,11 +42,18 @@ def make_tiny_checkpoint(path: Path, config: ModelConfig | None = None, seed: in
     for mod in model.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
             assert mod.running_mean is not None and mod.running_var is not None
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 2.0)
+            mod.running_mean.uniform_(-spread, spread)
+            mod.running_var.uniform_(1 / (1 + 2 * spread), 1 + 2 * spread)
             mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-    return save_checkpoint(path, model.eval(), {"metrics": {}})
+            mod.bias.data.uniform_(-spread / 2, spread / 2)
+    return model.eval()
+
+
+def make_tiny_checkpoint(path: Path, config: ModelConfig | None = None, seed: int = 0) -> Path:
+    """A randomly initialised (untrained) checkpoint with non-trivial BN statistics."""
+    from edge.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, tiny_model(config, seed), {"metrics": {}})
 
 
 def make_tiny_bundle(folder: Path, config: ModelConfig | None = None, **convert_kw: object) -> Path:

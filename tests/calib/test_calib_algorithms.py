@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+
 from edge.calib.algorithms import (
     ALGORITHMS,
     KL_EPS,
@@ -16,7 +17,6 @@ from edge.calib.algorithms import (
     scale_from_amax,
 )
 from edge.calib.histogram import TensorStats
-
 from edge.errors import CalibrationError, ConfigError
 
 

@@ -4,6 +4,7 @@ import struct
 from pathlib import Path
 
 import pytest
+
 from edge.calib.cache import (
     ALGORITHM_NAMES,
     CalibrationCache,
@@ -16,7 +17,6 @@ from edge.calib.cache import (
     write_cache,
     write_cache_sidecar,
 )
-
 from edge.errors import CalibrationError
 from edge.trt_version import TrtVersion
 

@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 import pytest
-from edge.calib.histogram import NUM_BINS, TensorStats, range_for_absmax
 
+from edge.calib.histogram import NUM_BINS, TensorStats, range_for_absmax
 from edge.errors import CalibrationError
 
 

@@ -12,7 +12,8 @@ import pytest
 from edge.convert.bundle import ConvertConfig, convert_checkpoint
 from edge.convert.verify import demo_frames
 from edge.errors import BundleError, CheckpointError, ExportError
-from edge.manifest import load_bundle, sha256_file
+from edge.files import sha256_file
+from edge.manifest import load_bundle
 from tiny_models import make_tiny_checkpoint, tiny_config
 
 
@@ -29,7 +30,8 @@ def test_bundle_layout_and_manifest(tiny_bundle: Path) -> None:
         "heads",
         "fold_report.md",
     }
-    assert b.parts == ["trunk", "heads/defect", "heads/attrs", "heads/mask", "heads/angle", "fused"]
+    heads = ["heads/defect", "heads/attrs", "heads/mask", "heads/angle"]
+    assert b.parts == ["trunk", *heads, "heads_all", "fused"]
     m = b.manifest
     for rel, info in m["files"].items():
         assert sha256_file(tiny_bundle / rel) == info["sha256"]

@@ -7,20 +7,11 @@ from edge.config import PRIMITIVE_KINDS
 from edge.convert.fold import FoldedConv, FoldedShared, fold_model
 from edge.errors import ExportError
 from edge.model import ETRNLP, SharedLayer, TaskLayer
-from tiny_models import tiny_config
+from tiny_models import tiny_config, tiny_model
 
 
 def _model(**kw: object) -> ETRNLP:
-    torch.manual_seed(0)
-    m = ETRNLP(tiny_config(**kw))
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            assert mod.running_mean is not None and mod.running_var is not None
-            mod.running_mean.uniform_(-1, 1)
-            mod.running_var.uniform_(0.3, 3)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.5, 0.5)
-    return m.eval()
+    return tiny_model(tiny_config(**kw), spread=1.0)  # type: ignore[no-any-return]
 
 
 def _max_rel_error(a: ETRNLP, b: ETRNLP) -> float:

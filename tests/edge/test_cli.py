@@ -5,9 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tiny_models import make_tiny_checkpoint
-
 from edge.cli import main
+from tiny_models import make_tiny_checkpoint
 
 
 def test_info_prints_config_tasks_and_counts(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -19,7 +18,8 @@ def test_info_prints_config_tasks_and_counts(tmp_path: Path, capsys) -> None:  #
     assert main(["info", str(ckpt), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["parameters"]["learnable"] == data["parameters"]["shared"] + sum(
-        data["parameters"]["per_task"].values())
+        data["parameters"]["per_task"].values()
+    )
 
 
 def test_user_errors_exit_2_without_traceback(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -40,7 +40,8 @@ def test_convert_cli(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped
 
 
 def test_console_script_entry_point() -> None:
-    r = subprocess.run([sys.executable, "-m", "edge.cli", "--help"], capture_output=True,
-                       text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "--help"], capture_output=True, text=True, check=True
+    )
     for cmd in ("train", "convert", "calibrate", "build", "run", "profile", "demo", "info"):
         assert cmd in r.stdout

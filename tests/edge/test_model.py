@@ -67,7 +67,7 @@ def test_single_task_equals_all_task_output() -> None:
             assert torch.equal(m(x, [t])[t], full[t])
         sub = m(x, ["mask", "angle"])
     assert set(sub) == {"mask", "angle"}
-    assert full["mask"].shape == (2, 2, 32, 32)
+    assert full["mask"].shape == (2, 2, 16, 16)  # logits at stride 2
     assert full["attrs"].shape == (2, 3) and full["angle"].shape == (2, 1)
 
 

@@ -4,22 +4,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import tiny_config
 
 from edge.checkpoint import load_checkpoint
 from edge.config import ModelConfig, TaskSpec, demo_tasks
 from edge.errors import DatasetError
 from edge.train import TrainConfig, encode_target, train
+from tiny_models import tiny_config
 
 
 def _demo_tiny() -> ModelConfig:
-    return ModelConfig(tasks=demo_tasks(), widths=(8, 16), depths=(1, 1), gamma=0.75,
-                       input_size=(32, 32))
+    return ModelConfig(
+        tasks=demo_tasks(), widths=(8, 16), depths=(1, 1), gamma=0.75, input_size=(32, 32)
+    )
 
 
 def test_train_on_demo_line_writes_a_checkpoint_with_metrics(tmp_path: Path) -> None:
-    cfg = TrainConfig(out=tmp_path / "m.pt", train_frames=32, val_frames=16, epochs=2,
-                      batch_size=16, progress=False)
+    cfg = TrainConfig(
+        out=tmp_path / "m.pt",
+        train_frames=32,
+        val_frames=16,
+        epochs=2,
+        batch_size=16,
+        progress=False,
+    )
     path = train(cfg, _demo_tiny(), command="edge train ...")
     ck = load_checkpoint(path)
     assert set(ck.meta["metrics"]) == {"defect", "part", "mask", "angle"}
@@ -29,8 +36,15 @@ def test_train_on_demo_line_writes_a_checkpoint_with_metrics(tmp_path: Path) -> 
 
 
 def test_training_reduces_the_loss(tmp_path: Path) -> None:
-    cfg = TrainConfig(out=tmp_path / "m.pt", train_frames=64, val_frames=0, epochs=4,
-                      batch_size=16, lr=5e-3, progress=False)
+    cfg = TrainConfig(
+        out=tmp_path / "m.pt",
+        train_frames=64,
+        val_frames=0,
+        epochs=4,
+        batch_size=16,
+        lr=5e-3,
+        progress=False,
+    )
     ck = load_checkpoint(train(cfg, _demo_tiny()))
     losses = [h["loss"] for h in ck.meta["history"]]
     assert losses[-1] < losses[0]
@@ -40,8 +54,15 @@ def test_train_on_a_labelled_folder(tmp_path: Path) -> None:
     from edge.demo_line import LineConfig, write_image_folder
 
     folder = write_image_folder(tmp_path / "data", 24, LineConfig(seed=5))
-    cfg = TrainConfig(out=tmp_path / "m.pt", data=str(folder), train_frames=16, val_frames=8,
-                      epochs=1, batch_size=8, progress=False)
+    cfg = TrainConfig(
+        out=tmp_path / "m.pt",
+        data=str(folder),
+        train_frames=16,
+        val_frames=8,
+        epochs=1,
+        batch_size=8,
+        progress=False,
+    )
     ck = load_checkpoint(train(cfg, _demo_tiny()))
     assert ck.meta["held_out"] == {"source": str(folder), "samples": 8}
 
@@ -49,13 +70,23 @@ def test_train_on_a_labelled_folder(tmp_path: Path) -> None:
 def test_missing_folder_and_too_few_samples(tmp_path: Path) -> None:
     from edge.demo_line import write_image_folder
 
-    with pytest.raises(DatasetError, match="labels.jsonl"):
-        train(TrainConfig(out=tmp_path / "m.pt", data=str(tmp_path / "nope"), progress=False),
-              _demo_tiny())
+    with pytest.raises(DatasetError, match=r"labels\.jsonl"):
+        train(
+            TrainConfig(out=tmp_path / "m.pt", data=str(tmp_path / "nope"), progress=False),
+            _demo_tiny(),
+        )
     folder = write_image_folder(tmp_path / "d", 4)
     with pytest.raises(DatasetError, match="asked for"):
-        train(TrainConfig(out=tmp_path / "m.pt", data=str(folder), train_frames=8, val_frames=0,
-                          progress=False), _demo_tiny())
+        train(
+            TrainConfig(
+                out=tmp_path / "m.pt",
+                data=str(folder),
+                train_frames=8,
+                val_frames=0,
+                progress=False,
+            ),
+            _demo_tiny(),
+        )
 
 
 def test_encode_target_kinds_and_errors() -> None:
@@ -69,5 +100,9 @@ def test_encode_target_kinds_and_errors() -> None:
     with pytest.raises(DatasetError, match="label 'dent'"):
         encode_target(defect, "dent", (4, 4), "frame 3")
     with pytest.raises(DatasetError, match="not valid"):
-        encode_target(TaskSpec("seg3", "segmentation", ("a", "b", "c")),
-                      np.full((4, 4), 7, np.uint8), (4, 4), "x")
+        encode_target(
+            TaskSpec("seg3", "segmentation", ("a", "b", "c")),
+            np.full((4, 4), 7, np.uint8),
+            (4, 4),
+            "x",
+        )

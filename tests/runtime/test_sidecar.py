@@ -13,7 +13,6 @@ import pytest
 from edge.errors import BundleError, EngineMismatchError, InternalError
 from edge.runtime.sidecar import (
     read_sidecar,
-    sha256_file,
     sidecar_path,
     verify_engine,
     write_sidecar,
@@ -62,14 +61,6 @@ def _verify(engine: Path, **over: Any) -> dict[str, Any]:
     }
     kw.update(over)
     return verify_engine(engine, **kw)
-
-
-def test_sha256_file_streams_the_whole_file(tmp_path: Path) -> None:
-    data = bytes(range(256)) * 9000
-    path = tmp_path / "blob"
-    path.write_bytes(data)
-    assert sha256_file(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()
-    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
 def test_round_trip(engine: Path) -> None:

@@ -1,0 +1,365 @@
+"""``edge calibrate BUNDLE --data SRC``: INT8 calibration on the CPU, written into the bundle.
+
+Writes (assembled in a temporary folder inside the bundle, then renamed into place; the
+manifest's "calibration" section lists every file with its sha256)::
+
+    calib/<part>.cache                             TensorRT calibration caches, one per part the
+                                                   bundle has besides fused (trunk, heads/<task>,
+                                                   heads_all) (+ .json sidecars: the sha256 of
+                                                   the ONNX graph each belongs to, algorithm,
+                                                   frames, seed, TensorRT target)
+    int8/<part>.onnx                               explicit Q/DQ models of every part, fused
+                                                   included (calib/qdq.py)
+    calib/report.json, calib/report.md             FP32 vs INT8 per task (calib/report.py)
+
+The manifest's own "files" (checked by ``Bundle.verify_hashes``) are not touched.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edge import __version__
+from edge.calib.algorithms import ALGORITHMS, compute_amax
+from edge.calib.cache import CalibrationCache, write_cache, write_cache_sidecar
+from edge.calib.collect import (
+    PartStats,
+    calibration_tensors,
+    collect_bundle,
+    collect_stats,
+    map_tensors,
+)
+from edge.calib.data import calibration_and_eval_frames
+from edge.calib.qdq import QdqPlan, check_qdq, node_key, quantize_model
+from edge.calib.report import (
+    REPORT_FORMAT,
+    ReportInputs,
+    build_report,
+    write_report,
+)
+from edge.errors import BundleError, CalibrationError, EdgeError
+from edge.manifest import MANIFEST, Bundle, load_bundle, sha256_file, write_json_atomic
+from edge.trt_version import DEFAULT_TARGET, TrtVersion
+
+OUTPUT_DIRS = ("calib", "int8")
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Options of ``edge calibrate`` (one flag each)."""
+
+    data: str = "synthetic:"
+    """Calibration frames: a video file, an image folder or ``synthetic:?seed=S`` (demo line)."""
+    frames: int = 512
+    batch: int = 32
+    seed: int = 0
+    algorithm: str = "entropy"
+    """entropy (TensorRT EntropyCalibration2), minmax, or percentile."""
+    percentile: float = 99.99
+    target: TrtVersion | str = DEFAULT_TARGET
+    """TensorRT version the caches are for (their header: 10.3.0 -> TRT-100300-...)."""
+    keep_float: tuple[str, ...] = ()
+    """Tensors (as named in the trunk/head graphs) left unquantized in the Q/DQ models."""
+    keep_float_heads: tuple[str, ...] = ()
+    """Tasks whose head stays entirely FP32 in the Q/DQ models."""
+    eval_frames: int = 256
+    eval_data: str | None = None
+    """Held-out frames for the report (default: held-out demo-line frames, or frames of --data
+    not used for calibration)."""
+    sensitivity: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        object.__setattr__(self, "keep_float_heads", tuple(self.keep_float_heads))
+        try:
+            object.__setattr__(self, "target", TrtVersion.parse(self.target))
+        except (EdgeError, ValueError, TypeError) as e:
+            raise CalibrationError(
+                f"--target {self.target!r} is not a TensorRT version; expected e.g. 10.3.0 or 8.6.1"
+            ) from e
+        problems = []
+        if self.batch < 1:
+            problems.append(f"--batch {self.batch} must be >= 1")
+        elif self.frames < self.batch:
+            problems.append(
+                f"--frames {self.frames} is less than --batch {self.batch}: not even one batch; "
+                "pass more frames or a smaller batch"
+            )
+        if self.algorithm not in ALGORITHMS:
+            problems.append(f"--algorithm {self.algorithm!r}: expected one of "
+                            f"{', '.join(sorted(ALGORITHMS))}")  # fmt: skip
+        if not 0.0 < self.percentile <= 100.0:
+            problems.append(f"--percentile {self.percentile} must be in (0, 100], e.g. 99.99")
+        if self.eval_frames < 0:
+            problems.append(f"--eval-frames {self.eval_frames} must be >= 0")
+        if self.sensitivity and self.eval_frames == 0:
+            problems.append("--sensitivity needs evaluation frames (--eval-frames > 0)")
+        if problems:
+            raise CalibrationError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target"] = str(self.target)
+        d["keep_float"], d["keep_float_heads"] = list(self.keep_float), list(self.keep_float_heads)
+        return d
+
+
+def _load(bundle_path: str | Path) -> Bundle:
+    try:
+        return load_bundle(bundle_path)
+    except BundleError as e:
+        raise CalibrationError(f"cannot calibrate: {e}") from e
+
+
+def _part_amaxes(stats: Mapping[str, PartStats], cfg: CalibConfig) -> dict[str, dict[str, float]]:
+    """amax of every tensor of every part, computed once per statistics object (taps)."""
+    done: dict[int, float] = {}
+    out: dict[str, dict[str, float]] = {}
+    for part, ps in stats.items():
+        out[part] = {}
+        for name in ps.tensors:
+            s = ps.stats[name]
+            if id(s) not in done:
+                done[id(s)] = compute_amax(s, cfg.algorithm, percentile=cfg.percentile)
+            out[part][name] = done[id(s)]
+    return out
+
+
+def _check_keep(cfg: CalibConfig, bundle: Bundle, split: Mapping[str, onnx.ModelProto]) -> None:
+    unknown_heads = [t for t in cfg.keep_float_heads if t not in bundle.tasks]
+    if unknown_heads:
+        raise CalibrationError(
+            f"--keep-float-head {unknown_heads}: no such task; the bundle's tasks are "
+            f"{list(bundle.tasks)}"
+        )
+    known = {n for m in split.values() for n in calibration_tensors(m)}
+    unknown = [n for n in cfg.keep_float if n not in known]
+    if unknown:
+        some = ", ".join(sorted(known)[:6])
+        raise CalibrationError(
+            f"--keep-float {unknown}: not a tensor of the trunk or a head; tensor names are "
+            f"those of the calibration caches (e.g. {some}, ...)"
+        )
+
+
+@dataclass
+class _Quantized:
+    models: dict[str, onnx.ModelProto]
+    """part -> its Q/DQ model (every part of the bundle)."""
+    plans: dict[str, QdqPlan]
+
+
+def _fused_amaxes(
+    parts: Mapping[str, onnx.ModelProto],
+    where: Mapping[str, tuple[str, str]],
+    amaxes: Mapping[str, Mapping[str, float]],
+    batches: Callable[[], Any],
+    cfg: CalibConfig,
+    input_name: str,
+) -> dict[str, float]:
+    """The fused graph's amaxes: the split parts' wherever a tensor maps, a direct pass else."""
+    fused = parts["fused"]
+    out = {f: amaxes[p][n] for f, (p, n) in where.items() if n in amaxes.get(p, {})}
+    rest = [n for n in calibration_tensors(fused) if n not in out]
+    if rest:
+        extra = collect_stats(fused, ({input_name: x} for x in batches()), part="fused",
+                              tensors=rest)  # fmt: skip
+        out.update(extra.amaxes(cfg.algorithm, percentile=cfg.percentile))
+    return out
+
+
+def head_nodes(model: onnx.ModelProto, outputs: Collection[str], stop: Collection[str] = ()
+               ) -> set[str]:  # fmt: skip
+    """Nodes (``node_key``) that compute any of ``outputs``, not looking past ``stop`` tensors
+    (the trunk's, in the fused graph). In a merged graph a layer shared by several tasks is
+    among them: keeping a head float keeps every layer it depends on float."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    todo, seen, keys = list(outputs), set(), set()
+    stop = set(stop)
+    while todo:
+        t = todo.pop()
+        if t in seen or t in stop or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        keys.add(node_key(node))
+        todo.extend(i for i in node.input if i)
+    return keys
+
+
+@dataclass(frozen=True)
+class _QuantizeInputs:
+    parts: Mapping[str, onnx.ModelProto]
+    amaxes: Mapping[str, Mapping[str, float]]
+    """part -> tensor -> amax (the fused graph's included)."""
+    where: Mapping[str, tuple[str, str]]
+    """fused tensor -> (part, tensor) of the split parts."""
+    kept_outputs: frozenset[str]
+    """Output tensors of the heads kept in float."""
+
+
+def _quantize_part(part: str, q: _QuantizeInputs, keep: Collection[str]
+                   ) -> tuple[onnx.ModelProto, QdqPlan]:  # fmt: skip
+    """One part's Q/DQ model; ``keep`` are tensor names of the split parts."""
+    model = q.parts[part]
+    outputs = {o.name for o in model.graph.output} & q.kept_outputs
+    if part == "fused":
+        keep_t = {f for f, (_p, n) in q.where.items() if n in keep} | set(keep)
+        stop = {f for f, (p, _n) in q.where.items() if p == "trunk"}
+    else:
+        keep_t, stop = set(keep), set()
+    return quantize_model(model, q.amaxes[part], keep_float=keep_t,
+                          keep_float_nodes=head_nodes(model, outputs, stop))  # fmt: skip
+
+
+def _quantize(q: _QuantizeInputs, cfg: CalibConfig) -> _Quantized:
+    models, plans = {}, {}
+    for part in q.parts:
+        models[part], plans[part] = _quantize_part(part, q, cfg.keep_float)
+    return _Quantized(models, plans)
+
+
+def _write_outputs(tmp: Path, bundle: Bundle, caches: Mapping[str, CalibrationCache],
+                   q: _Quantized, meta: Mapping[str, Any]) -> None:  # fmt: skip
+    for part, cache in caches.items():
+        path = write_cache(tmp / "calib" / f"{part}.cache", cache)
+        onnx_file = f"{part}.onnx"
+        write_cache_sidecar(path, {
+            **meta, "part": part, "onnx": onnx_file, "onnx_sha256": bundle.file_hash(onnx_file),
+            "header": cache.header, "tensors": len(cache.scales),
+            "qdq_model": f"int8/{part}.onnx",
+        })  # fmt: skip
+    for part, model in q.models.items():
+        path = tmp / "int8" / f"{part}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(path))
+
+
+def _swap_in(root: Path, tmp: Path, manifest: dict[str, Any]) -> None:
+    """Move tmp/calib and tmp/int8 into the bundle (old ones aside), then write the manifest."""
+    old = tmp / ".old"
+    old.mkdir()
+    moved: list[str] = []
+    try:
+        for d in OUTPUT_DIRS:
+            if (root / d).exists():
+                os.replace(root / d, old / d)
+            moved.append(d)
+            os.replace(tmp / d, root / d)
+        write_json_atomic(root / MANIFEST, manifest)
+    except BaseException:
+        for d in moved:
+            if (root / d).exists():
+                shutil.rmtree(root / d, ignore_errors=True)
+            if (old / d).exists():
+                os.replace(old / d, root / d)
+        raise
+
+
+def calibrate_bundle(
+    bundle_path: str | Path, cfg: CalibConfig, *, log: Callable[[str], None] | None = None
+) -> Path:
+    """Calibrate the bundle at ``bundle_path`` for INT8 (see the module docstring); return it."""
+    say = log or (lambda _msg: None)
+    t0 = time.perf_counter()
+    bundle = _load(bundle_path)
+    root = bundle.root
+    if not os.access(root, os.W_OK):
+        raise CalibrationError(f"{root}: the bundle folder is not writable")
+    parts = {p: onnx.load(str(bundle.path(p))) for p in bundle.parts}
+    split = {p: m for p, m in parts.items() if p != "fused"}
+    _check_keep(cfg, bundle, split)
+    say(f"reading {cfg.frames} calibration + {cfg.eval_frames} evaluation frames")
+    calib, held = calibration_and_eval_frames(
+        cfg.data, bundle.input, frames=cfg.frames, seed=cfg.seed,
+        eval_frames=cfg.eval_frames, eval_data=cfg.eval_data,
+    )  # fmt: skip
+    t1 = time.perf_counter()
+    say(f"collecting statistics of the trunk and {len(split) - 1} heads")
+    stats = collect_bundle(split, calib.batches(cfg.batch), input_name=bundle.input.name)
+    amaxes = _part_amaxes(stats, cfg)
+    t2 = time.perf_counter()
+    caches = {p: CalibrationCache.from_amaxes(cfg.target, cfg.algorithm, amaxes[p])
+              for p in stats}  # fmt: skip
+    where = map_tensors(parts["fused"], split)
+    fused_amax = _fused_amaxes(parts, where, amaxes, lambda: calib.batches(cfg.batch), cfg,
+                               bundle.input.name)  # fmt: skip
+    say("writing the Q/DQ models")
+    qin = _QuantizeInputs(
+        parts, {**amaxes, "fused": fused_amax}, where,
+        frozenset(bundle.tasks[t].output for t in cfg.keep_float_heads),
+    )  # fmt: skip
+    q = _quantize(qin, cfg)
+    for part, model in q.models.items():
+        check_qdq(model, float_nodes=q.plans[part].float_nodes, where=f"int8/{part}.onnx")
+    meta = {
+        "format": "etr-edge-calibration-cache", "etr_edge": __version__,
+        "algorithm": cfg.algorithm, "target_tensorrt": str(cfg.target), "frames": len(calib),
+        "batch": cfg.batch, "seed": cfg.seed, "data": calib.info,
+        **({"percentile": cfg.percentile} if cfg.algorithm == "percentile" else {}),
+    }  # fmt: skip
+    report: dict[str, Any] = {"format": REPORT_FORMAT, "format_version": 1, "evaluation": None,
+                              "tasks": {}, "worst_tensors": [], "sensitivity": None}  # fmt: skip
+    if held is not None:
+        say(f"evaluating FP32 vs INT8 on {len(held)} held-out frames")
+        report = build_report(_report_inputs(bundle, qin, q, cfg), held, batch=cfg.batch,
+                              sensitivity=cfg.sensitivity)  # fmt: skip
+    report["calibration"] = {
+        **meta, "config": cfg.to_dict(), "header": next(iter(caches.values())).header,
+        "target": str(cfg.target), "keep_float": list(cfg.keep_float),
+        "keep_float_heads": list(cfg.keep_float_heads),
+        "tensors": {p: len(c.scales) for p, c in caches.items()},
+        "qdq": {p: plan.summary() for p, plan in q.plans.items()},
+    }  # fmt: skip
+    report["timing_s"] = {"frames": round(t1 - t0, 3), "statistics": round(t2 - t1, 3),
+                          "total": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix=".calibrate.", suffix=".tmp", dir=root))
+    try:
+        _write_outputs(tmp, bundle, caches, q, meta)
+        write_report(report, tmp / "calib")
+        files = {
+            p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for d in OUTPUT_DIRS for p in sorted((tmp / d).rglob("*")) if p.is_file()
+        }  # fmt: skip
+        manifest = dict(bundle.manifest)
+        manifest["calibration"] = {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "etr_edge": __version__, "config": cfg.to_dict(), "files": files,
+            "summary": {t: {k: e.get(k) for k in ("metric", "fp32", "int8", "delta")}
+                        for t, e in report.get("tasks", {}).items()},
+        }  # fmt: skip
+        _swap_in(root, tmp, manifest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(f"wrote {root / 'calib'} and {root / 'int8'}")
+    return root
+
+
+def _report_inputs(bundle: Bundle, qin: _QuantizeInputs, q: _Quantized, cfg: CalibConfig
+                   ) -> ReportInputs:  # fmt: skip
+    def build(keep: Any) -> onnx.ModelProto:
+        return _quantize_part("fused", qin, set(cfg.keep_float) | set(keep))[0]
+
+    split = [p for p in qin.parts if p != "fused"]
+    return ReportInputs(
+        tasks={t: o.spec for t, o in bundle.tasks.items()},
+        outputs={t: o.output for t, o in bundle.tasks.items()},
+        heads={t: o.head for t, o in bundle.tasks.items()},
+        input_name=bundle.input.name,
+        input_size=(bundle.input.height, bundle.input.width),
+        fp32={p: qin.parts[p] for p in split},
+        int8={p: q.models[p] for p in split},
+        int8_fused=q.models["fused"],
+        qdq_scales={p: dict(q.plans[p].activations) for p in split},
+        build_fused=build,
+    )

@@ -1,0 +1,211 @@
+"""``calibrate_bundle``: everything written, consistent, and nothing written on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edge.calib.cache import check_cache_matches, read_cache, read_cache_sidecar
+from edge.calib.collect import collect_bundle, map_tensors
+from edge.calib.data import HOLDOUT_OFFSET, sample_frames
+from edge.calib.qdq import qdq_problems
+from edge.calib.stage import CalibConfig, calibrate_bundle, head_nodes
+from edge.errors import CalibrationError
+from edge.manifest import MANIFEST, load_bundle, sha256_file
+from edge.trt_version import TrtVersion
+
+FAST = dict(data="synthetic:", frames=32, batch=16, eval_frames=16)
+TASKS = ("defect", "attrs", "mask", "angle")
+
+
+def _copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = _copy(tiny_bundle, tmp_path_factory.mktemp("cal"))
+    calibrate_bundle(root, CalibConfig(**FAST, target="8.6.1"))
+    return root
+
+
+def test_writes_every_file_and_lists_it_in_the_manifest(calibrated: Path) -> None:
+    bundle = load_bundle(calibrated)  # the conversion's own hashes still verify
+    expected = {"calib/report.json", "calib/report.md"}
+    for part in bundle.parts:
+        expected.add(f"int8/{part}.onnx")
+        if part != "fused":
+            expected |= {f"calib/{part}.cache", f"calib/{part}.cache.json"}
+    assert {f"calib/heads/{t}.cache" for t in TASKS} <= expected
+    found = [p for d in ("calib", "int8") for p in (calibrated / d).rglob("*") if p.is_file()]
+    written = {p.relative_to(calibrated).as_posix() for p in found}
+    assert written == expected
+    files = bundle.manifest["calibration"]["files"]
+    assert set(files) == expected
+    for rel, info in files.items():
+        assert sha256_file(calibrated / rel) == info["sha256"]
+    assert "calib/trunk.cache" not in bundle.manifest["files"]
+    assert not list(calibrated.glob(".calibrate.*"))  # no temporary folder left behind
+
+
+def test_caches_match_the_bundle_and_share_tap_scales(calibrated: Path) -> None:
+    bundle = load_bundle(calibrated)
+    trunk = read_cache(calibrated / "calib/trunk.cache")
+    assert trunk.header == "TRT-8601-EntropyCalibration2"
+    # the trunk cache lists exactly the tensors collected, in collection order
+    parts = {p: onnx.load(bundle.path(p)) for p in bundle.parts if p != "fused"}
+    frames = sample_frames("synthetic:", bundle.input, count=16, seed=0)
+    stats = collect_bundle(parts, frames.batches(16), input_name="image")
+    assert list(trunk.scales) == stats["trunk"].tensors
+    for t in TASKS:
+        part = f"heads/{t}"
+        cache = read_cache(calibrated / f"calib/{part}.cache")
+        assert list(cache.scales) == stats[part].tensors
+        expected = set(stats[part].tensors)
+        v861 = TrtVersion(8, 6, 1)
+        check_cache_matches(cache, expected_tensors=expected, target=v861, algorithm="entropy",
+                            source=part)  # fmt: skip
+        for tap in bundle.tap_names:
+            assert cache.scales[tap] == trunk.scales[tap]
+        meta = read_cache_sidecar(calibrated / f"calib/{part}.cache")
+        assert meta["onnx_sha256"] == sha256_file(calibrated / f"{part}.onnx")
+        assert meta["algorithm"] == "entropy" and meta["frames"] == 32
+        assert meta["seed"] == 0 and meta["target_tensorrt"] == "8.6.1"
+
+
+def test_qdq_models_follow_the_rules_and_reuse_the_cache_scales(calibrated: Path) -> None:
+    trunk_cache = read_cache(calibrated / "calib/trunk.cache")
+    for rel in ["int8/trunk.onnx", "int8/fused.onnx", *(f"int8/heads/{t}.onnx" for t in TASKS)]:
+        model = onnx.load(calibrated / rel)
+        assert qdq_problems(model) == [], rel
+    q = onnx.load(calibrated / "int8/trunk.onnx")
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer}
+    for node in q.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in trunk_cache.scales:
+            assert float(inits[node.input[1]]) == trunk_cache.scales[node.input[0]]
+
+
+def test_report_has_every_task_and_a_table(calibrated: Path) -> None:
+    report = json.loads((calibrated / "calib/report.json").read_text())
+    assert set(report["tasks"]) == set(TASKS)
+    assert report["tasks"]["defect"]["against"] == "labels"  # the demo line has defect labels
+    assert report["tasks"]["attrs"]["against"] == "fp32"  # ... but none for attrs
+    for entry in report["tasks"].values():
+        assert 0.0 <= entry["agreement"] <= 100.0
+    assert report["evaluation"]["first_index"] == HOLDOUT_OFFSET
+    assert report["calibration"]["frames"] == 32 and report["calibration"]["seed"] == 0
+    assert report["worst_tensors"] and report["sensitivity"] is None
+    md = (calibrated / "calib/report.md").read_text()
+    assert "| defect | accuracy | labels |" in md and "worst quantization error" in md
+
+
+def test_holdout_offset_is_trainings() -> None:
+    from edge.train import VAL_OFFSET
+
+    assert HOLDOUT_OFFSET == VAL_OFFSET
+
+
+def test_mixed_precision_keeps_a_head_float(tiny_bundle: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_bundle, tmp_path)
+    cfg = CalibConfig(**{**FAST, "eval_frames": 8}, keep_float_heads=("mask",),
+                      keep_float=("shared_2",), sensitivity=True)  # fmt: skip
+    calibrate_bundle(root, cfg)
+    qdq = ("QuantizeLinear", "DequantizeLinear")
+    mask = onnx.load(root / "int8/heads/mask.onnx")
+    assert not any(n.op_type in qdq for n in mask.graph.node)
+    defect = onnx.load(root / "int8/heads/defect.onnx")
+    assert any(n.op_type in qdq for n in defect.graph.node)
+    for model in (defect, onnx.load(root / "int8/trunk.onnx")):
+        assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "shared_2"
+                       for n in model.graph.node)  # fmt: skip
+    bundle = load_bundle(root)
+    parts = {p: onnx.load(bundle.path(p)) for p in bundle.parts}
+    where = map_tensors(parts["fused"], {p: m for p, m in parts.items() if p != "fused"})
+    trunk_side = {f for f, (p, _n) in where.items() if p == "trunk"}
+    graphs = {"fused": trunk_side, **({bundle.merged_heads: set()} if bundle.merged_heads else {})}
+    for part, stop in graphs.items():
+        q = onnx.load(root / f"int8/{part}.onnx")
+        prod = {o: n for n in q.graph.node for o in n.output}
+        mask_nodes = head_nodes(parts[part], ["mask_logits"], stop)
+        defect_nodes = head_nodes(parts[part], ["defect_logits"], stop)
+        assert mask_nodes
+        for node in q.graph.node:
+            reads_dq = any(i in prod and prod[i].op_type == "DequantizeLinear" for i in node.input)
+            if node.output[0] in mask_nodes:
+                assert not reads_dq, (part, node.name)
+        # the defect head's own last layers are still INT8
+        gemm = next(n for n in q.graph.node if n.op_type == "Gemm" and n.output[0] in defect_nodes)
+        assert prod[gemm.input[0]].op_type == "DequantizeLinear"
+    report = json.loads((root / "calib/report.json").read_text())
+    assert report["calibration"]["keep_float_heads"] == ["mask"]
+    ranking = report["sensitivity"]["ranking"]
+    assert ranking and {"tensor", "recovered", "tasks"} <= set(ranking[0])
+    assert "shared_2" not in {r["tensor"] for r in ranking}  # already float
+
+
+def test_without_evaluation_frames(tiny_bundle: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_bundle, tmp_path)
+    calibrate_bundle(root, CalibConfig(**{**FAST, "eval_frames": 0}, algorithm="percentile"))
+    report = json.loads((root / "calib/report.json").read_text())
+    assert report["tasks"] == {} and report["calibration"]["algorithm"] == "percentile"
+    assert "not measured" in (root / "calib/report.md").read_text()
+    meta = read_cache_sidecar(root / "calib/trunk.cache")
+    assert meta["percentile"] == 99.99
+    assert read_cache(root / "calib/trunk.cache").algorithm == "EntropyCalibration2"
+
+
+def test_float_input_dynamic_batch_bundle(tmp_path: Path) -> None:
+    """Without in-graph preprocessing the float image itself is calibrated and quantized."""
+    from tiny_models import make_tiny_bundle
+
+    root = make_tiny_bundle(tmp_path, in_graph_preprocessing=False, dynamic_batch=True)
+    calibrate_bundle(root, CalibConfig(**{**FAST, "eval_frames": 8}))
+    trunk = read_cache(root / "calib/trunk.cache")
+    assert "image" in trunk.scales and trunk.scales["shared_0"] == trunk.scales["image"]
+    q = onnx.load(root / "int8/trunk.onnx")
+    assert any(n.op_type == "QuantizeLinear" and n.input[0] == "image" for n in q.graph.node)
+    assert q.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # still dynamic
+    assert qdq_problems(q) == []
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        (dict(data="nosuch:thing"), "unknown scheme"),
+        (dict(data="synthetic:?frames=8"), "holds 8 frames, fewer than the 32"),
+        (dict(keep_float_heads=("nope",)), "no such task"),
+        (dict(keep_float=("not_a_tensor",)), "not a tensor"),
+    ],
+)
+def test_bad_input_raises_and_writes_nothing(
+    tiny_bundle: Path, tmp_path: Path, cfg: dict, match: str
+) -> None:
+    root = _copy(tiny_bundle, tmp_path)
+    before = _snapshot(root)
+    with pytest.raises(CalibrationError, match=match):
+        calibrate_bundle(root, CalibConfig(**{**FAST, **cfg}))
+    assert _snapshot(root) == before
+    assert not list(root.glob(".calibrate.*"))
+
+
+def test_config_and_bundle_errors(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationError, match="less than --batch"):
+        CalibConfig(frames=8, batch=16)
+    with pytest.raises(CalibrationError, match="algorithm"):
+        CalibConfig(algorithm="kl")
+    with pytest.raises(CalibrationError, match="TensorRT version"):
+        CalibConfig(target="ten")
+    with pytest.raises(CalibrationError, match=r"no manifest\.json"):
+        calibrate_bundle(tmp_path, CalibConfig(**FAST))
+    assert not (tmp_path / MANIFEST).exists() and not list(tmp_path.iterdir())
