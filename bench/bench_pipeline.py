@@ -6,7 +6,8 @@ inference alone (trunk + every head on inputs prepared in advance) on in-memory 
 
 Arms, interleaved over several rounds, medians reported:
 
-- inference alone: ``trunk.run_taps`` + every ``head.run_from_taps`` on pre-resized inputs;
+- inference alone: ``trunk.run_taps`` + the merged heads (or every head) on pre-resized inputs,
+  i.e. exactly the inference the pipeline runs per frame;
 - pipeline.process: preprocess + inference + decode in the calling thread (no capture, no sink);
 - run_bundle: frames from an in-memory source through the capture thread (``fifo:4``, so every
   frame is processed), JSONL written to a temporary file; fps from the run's own summary. With
@@ -62,8 +63,10 @@ class MemorySource(Source):
 
 
 def inference_alone_fps(p: Pipeline, inputs: list[np.ndarray], n: int) -> float:
+    """The same inference the pipeline runs per frame (the trunk, then the merged heads when
+    the bundle has them, else every head), on inputs resized in advance."""
     assert p.trunk is not None
-    heads = [s.backend for s in p.steps]
+    heads = [p.merged] if p.merged is not None else [s.backend for s in p.steps]
     t0 = time.perf_counter()
     for i in range(n):
         taps = p.trunk.run_taps({p.spec.name: inputs[i % len(inputs)]})

@@ -164,9 +164,14 @@ class TensorStats:
         self._grow_to(max(self.absmax, batch_absmax))
         scale = self.num_bins / self.range  # a power of two: x * scale is exact
         flat = x.reshape(-1)
+        # float16/float32 activations are binned in float32: |x| * 2^k is exact in float32 (the
+        # scale is a power of two and |x| * scale <= num_bins), and truncation equals floor for
+        # non-negative values, so this gives the same bins as float64, about 3x faster
+        wide = np.float32 if x.dtype in (np.float16, np.float32) else np.float64
         for start in range(0, flat.size, _CHUNK):
-            part = np.abs(flat[start : start + _CHUNK].astype(np.float64, copy=False))
-            idx = np.floor(part * scale).astype(np.int64)
+            part = np.abs(flat[start : start + _CHUNK], dtype=wide)
+            part *= wide(scale)
+            idx = part.astype(np.intp)
             np.minimum(idx, self.num_bins - 1, out=idx)  # only guards float rounding; never hit
             self._counts += np.bincount(idx, minlength=self.num_bins)
         self._min = min(self._min, lo)

@@ -11,7 +11,6 @@ Each kind has one primary metric (``PRIMARY``) that reports compare.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from edge.config import TaskSpec
@@ -74,21 +73,25 @@ class TaskScorer:
         return {"iou": 100.0 * iou, "pixel_accuracy": 100.0 * self.correct / self.pixels}
 
 
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of 1-D linear interpolation with half-pixel centres
+    (torch ``align_corners=False``: source = (dst + 0.5) * n_in / n_out - 0.5, clamped)."""
+    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
+    lo = np.floor(src).astype(np.intp)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (src - lo).astype(np.float32)
+
+
 def upsample_logits(raw: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-    """(N, C, h, w) logits -> (N, C, H, W), bilinear (half-pixel centres, as torch's
-    ``interpolate(align_corners=False)`` and ONNX Resize); unchanged when already that size."""
+    """(N, C, h, w) logits -> (N, C, H, W), bilinear with half-pixel centres (as torch's
+    ``interpolate(align_corners=False)``); unchanged when already that size."""
     h, w = int(size[0]), int(size[1])
     if raw.shape[-2:] == (h, w):
         return raw
-    n, c = raw.shape[:2]
-    planes = raw.reshape(n * c, *raw.shape[-2:]).transpose(1, 2, 0)  # H, W, N*C for cv2
-    out = np.empty((h, w, n * c), dtype=raw.dtype)
-    for k in range(0, n * c, 512):  # cv2 takes at most 512 channels at once
-        chunk = cv2.resize(
-            np.ascontiguousarray(planes[..., k : k + 512]), (w, h), interpolation=cv2.INTER_LINEAR
-        )
-        out[..., k : k + 512] = chunk.reshape(h, w, -1)
-    return out.transpose(2, 0, 1).reshape(n, c, h, w)
+    y0, y1, wy = _linear_taps(raw.shape[-2], h)
+    x0, x1, wx = _linear_taps(raw.shape[-1], w)
+    rows = raw[..., y0, :] * (1 - wy)[:, None] + raw[..., y1, :] * wy[:, None]
+    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
 
 
 def agreement(spec: TaskSpec, raw_a: np.ndarray, raw_b: np.ndarray) -> float:

@@ -187,3 +187,16 @@ def test_rejects_nan_and_non_numeric_batches() -> None:
 def test_integer_and_float16_batches() -> None:
     s = _fed("t", np.array([-5, 3], dtype=np.int8), np.array([0.5], dtype=np.float16))
     assert s.absmax == 5.0 and s.count == 3 and s.range == 8.0
+
+
+def test_float32_binning_equals_float64_binning() -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(200_000) * 5).astype(np.float32)
+    edges = TensorStats("probe")
+    edges.update(x)
+    on_edges = (np.arange(-2048, 2048) * (edges.range / 2048)).astype(np.float32)
+    data = np.concatenate([x, on_edges])  # values exactly on bin edges too
+    a, b = TensorStats("t"), TensorStats("t")
+    a.update(data)
+    b.update(data.astype(np.float64))
+    assert np.array_equal(a.counts, b.counts)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edge.config import TaskSpec
+from edge.metrics import TaskScorer, agreement, upsample_logits
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((3, 2, 16, 16), (32, 32)), ((64, 2, 64, 64), (128, 128)), ((2, 5, 7, 9), (20, 13))],
+)
+def test_upsample_logits_matches_torch_bilinear(
+    shape: tuple[int, ...], size: tuple[int, int]
+) -> None:
+    x = torch.randn(*shape)
+    want = F.interpolate(x, size=size, mode="bilinear", align_corners=False).numpy()
+    np.testing.assert_allclose(upsample_logits(x.numpy(), size), want, atol=1e-5)
+
+
+def test_scores_on_known_answers() -> None:
+    cls = TaskScorer(TaskSpec("d", "classification", ("a", "b", "c")))
+    cls.update(np.eye(3)[[0, 1, 2, 2]], np.array([0, 1, 1, 2]))
+    assert cls.result() == {"accuracy": 75.0}
+    reg = TaskScorer(TaskSpec("r", "regression", ("x",), scale=30.0))
+    reg.update(np.array([[0.5], [0.0]]), np.array([[0.0], [0.0]]))
+    assert reg.result()["mae"] == pytest.approx(7.5)
+    seg = TaskScorer(TaskSpec("m", "segmentation", ("bg", "fg")))
+    logits = np.zeros((1, 2, 2, 2), np.float32)
+    logits[0, 1, 0, :] = 5.0  # top row predicted foreground, at stride 1
+    target = np.array([[[1, 0], [0, 0]]])
+    seg.update(logits, target)
+    assert seg.result()["iou"] == pytest.approx(50.0)  # 1 of 2 predicted pixels is right
+    spec = TaskSpec("d", "classification", ("a", "b"))
+    assert agreement(spec, np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])) == 0.0
