@@ -96,48 +96,16 @@ def compare_outputs(
     out = []
     for name, ref_any in reference.items():
         ref = np.asarray(ref_any, dtype=np.float64)
-        if name not in candidate:
-            out.append(
-                Comparison(
-                    part,
-                    name,
-                    precision,
-                    False,
-                    np.inf,
-                    np.inf,
-                    None,
-                    "missing from the TensorRT outputs",
-                )
-            )
-            continue
-        got = np.asarray(candidate[name], dtype=np.float64)
-        if got.shape != ref.shape:
-            out.append(
-                Comparison(
-                    part,
-                    name,
-                    precision,
-                    False,
-                    np.inf,
-                    np.inf,
-                    None,
-                    f"shape {got.shape}, expected {ref.shape}",
-                )
-            )
-            continue
-        if not np.all(np.isfinite(got)):
-            out.append(
-                Comparison(
-                    part,
-                    name,
-                    precision,
-                    False,
-                    np.inf,
-                    np.inf,
-                    None,
-                    "NaN or Inf in the TensorRT output",
-                )
-            )
+        got = np.asarray(candidate[name], dtype=np.float64) if name in candidate else None
+        problem = (
+            "missing from the TensorRT outputs" if got is None
+            else f"shape {got.shape}, expected {ref.shape}" if got.shape != ref.shape
+            else "NaN or Inf in the TensorRT output" if not np.all(np.isfinite(got))
+            else None
+        )  # fmt: skip
+        if problem is not None or got is None:
+            reason = problem or "missing from the TensorRT outputs"
+            out.append(Comparison(part, name, precision, False, np.inf, np.inf, None, reason))
             continue
         scale = max(float(ref.max() - ref.min()) if ref.size else 0.0, 1e-6)
         diff = np.abs(got - ref) / scale
