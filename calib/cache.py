@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 
 from edge.calib.algorithms import scale_from_amax
 from edge.errors import CalibrationError
+from edge.files import write_bytes
 from edge.trt_version import TrtVersion
 
 TRT_ALGORITHMS = (
@@ -182,23 +181,10 @@ def format_cache(cache: CalibrationCache) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is read by other users/containers
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_cache(path: str | Path, cache: CalibrationCache) -> Path:
     """Write ``cache`` to ``path`` atomically (temporary file, then os.replace)."""
     path = Path(path)
-    _write_text_atomic(path, format_cache(cache))
+    write_bytes(path, format_cache(cache).encode("utf-8"))
     return path
 
 
@@ -335,7 +321,7 @@ def write_cache_sidecar(cache_path: str | Path, meta: dict[str, Any]) -> Path:
         raise CalibrationError(
             f"{path}: calibration metadata is not JSON-serialisable ({e})"
         ) from e
-    _write_text_atomic(path, text)
+    write_bytes(path, text.encode("utf-8"))
     return path
 
 

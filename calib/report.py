@@ -331,10 +331,10 @@ def report_markdown(report: Mapping[str, Any]) -> str:
 
 def write_report(report: Mapping[str, Any], folder: Path) -> tuple[Path, Path]:
     """``folder/report.json`` and ``folder/report.md`` (each written atomically)."""
-    from edge.manifest import write_json_atomic
+    from edge.files import write_json
 
     folder.mkdir(parents=True, exist_ok=True)
-    js = write_json_atomic(folder / "report.json", _jsonable(report))
+    js = write_json(folder / "report.json", _jsonable(report))
     md = folder / "report.md"
     tmp = folder / ".report.md.tmp"
     tmp.write_text(report_markdown(report), encoding="utf-8")

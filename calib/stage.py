@@ -48,7 +48,8 @@ from edge.calib.report import (
     write_report,
 )
 from edge.errors import BundleError, CalibrationError, EdgeError
-from edge.manifest import MANIFEST, Bundle, load_bundle, sha256_file, write_json_atomic
+from edge.files import sha256_file, write_json
+from edge.manifest import MANIFEST, Bundle, load_bundle
 from edge.trt_version import DEFAULT_TARGET, TrtVersion
 
 OUTPUT_DIRS = ("calib", "int8")
@@ -256,7 +257,7 @@ def _swap_in(root: Path, tmp: Path, manifest: dict[str, Any]) -> None:
                 os.replace(root / d, old / d)
             moved.append(d)
             os.replace(tmp / d, root / d)
-        write_json_atomic(root / MANIFEST, manifest)
+        write_json(root / MANIFEST, manifest)
     except BaseException:
         for d in moved:
             if (root / d).exists():

@@ -24,8 +24,6 @@ machine, and only calling it needs a GPU.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import numpy as np
 
 from edge.calib.cache import check_cache_matches, parse_cache
 from edge.errors import CalibrationError
+from edge.files import write_bytes
 from edge.trt_version import TrtVersion
 
 KINDS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
@@ -65,19 +64,6 @@ def validated_cache(
         cache, expected_tensors=expected, target=target, algorithm=KINDS[kind], source=str(path)
     )
     return data
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _as_feed(batch: Mapping[str, np.ndarray] | np.ndarray, names: Sequence[str]) -> dict[str, Any]:
@@ -183,7 +169,7 @@ def make_calibrator(
         def write_calibration_cache(self, cache: Any) -> None:
             data = bytes(cache)
             parse_cache(data.decode("utf-8"), source=f"TensorRT's cache for {self.cache_path}")
-            _write_bytes_atomic(self.cache_path, data)
+            write_bytes(self.cache_path, data)
             self._cache = data
 
     return EdgeCalibrator()

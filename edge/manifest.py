@@ -16,17 +16,12 @@ from typing import Any
 
 from edge.config import ModelConfig, TaskSpec
 from edge.errors import BundleError
-from edge.files import sha256_file, write_json
+from edge.files import sha256_file
 from edge.runtime.preprocess import InputSpec
 
 FORMAT = "etr-edge-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write JSON to a temporary name beside ``path``, then rename (never half-written)."""
-    return write_json(path, data)
 
 
 def part_file(part: str) -> str:

@@ -15,7 +15,8 @@ from edge.calib.data import HOLDOUT_OFFSET, sample_frames
 from edge.calib.qdq import qdq_problems
 from edge.calib.stage import CalibConfig, calibrate_bundle, head_nodes
 from edge.errors import CalibrationError
-from edge.manifest import MANIFEST, load_bundle, sha256_file
+from edge.files import sha256_file
+from edge.manifest import MANIFEST, load_bundle
 from edge.trt_version import TrtVersion
 
 FAST = dict(data="synthetic:", frames=32, batch=16, eval_frames=16)
