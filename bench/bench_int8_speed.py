@@ -14,12 +14,19 @@ Each iteration runs every model once on the same frames (order rotated), so the 
 one run under the same machine load. Prints median latency per model and the ratio to FP32.
 
     python bench/bench_int8_speed.py [--checkpoint edge/assets/demo.pt | --bundle DIR]
-                                     [--iters 200] [--threads 0] [--batches 1,8]
+                                     [--iters 200] [--threads 0] [--batches 1,8] [--profile]
+
+``--profile`` also prints, per model and batch, ONNX Runtime's kernel time per op type (its own
+profiler, separate sessions): where the time goes, e.g. ORT's INT8 convolution kernels
+(QLinearConv) against its FP32 NCHWc ones (Conv / FusedConv and the layout reorders).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
+import os
 import statistics
 import tempfile
 import time
@@ -36,6 +43,27 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     if threads:
         so.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def op_profile(path: Path, x: np.ndarray, threads: int, runs: int = 50) -> dict[str, float]:
+    """ms per run spent in each op type's kernels (ONNX Runtime's profiler)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    if threads:
+        so.intra_op_num_threads = threads
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        s.run(None, {"image": x})
+    trace = s.end_profiling()
+    with open(trace) as f:
+        events = json.load(f)
+    os.remove(trace)
+    per_op: collections.Counter[str] = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    return {op: us / runs / 1e3 for op, us in per_op.most_common()}
 
 
 def _ort_quantized(fp32: Path, out: Path, frames: np.ndarray, uint8: bool) -> Path:
@@ -74,6 +102,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: default)")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--calib-frames", type=int, default=128)
+    ap.add_argument("--profile", action="store_true", help="kernel time per op type too")
     args = ap.parse_args()
 
     from edge.calib.collect import with_outputs
@@ -128,6 +157,13 @@ def main() -> None:
                 med = statistics.median(times[k])
                 p90 = sorted(times[k])[int(0.9 * len(times[k]))]
                 print(f"| {b} | {k} | {med * 1e3:.2f} | {p90 * 1e3:.2f} | {base / med:.2f}x |")
+        if args.profile:
+            for b in (int(v) for v in args.batches.split(",")):
+                print(f"\nkernel ms per run by op type, batch {b} (top 6; total):")
+                for k, p in paths.items():
+                    ops = op_profile(p, frames.inputs[:b], args.threads)
+                    top = ", ".join(f"{op} {ms:.2f}" for op, ms in list(ops.items())[:6])
+                    print(f"  {k}: {top}; total {sum(ops.values()):.2f}")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,8 @@ fused graph reuses the split parts' statistics instead of a second pass.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import sys
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +35,7 @@ from onnx import TensorProto, numpy_helper
 
 from edge.calib.algorithms import compute_amax
 from edge.calib.histogram import TensorStats
+from edge.calib.stream import Chunker, run_ahead, tune_allocator
 from edge.errors import CalibrationError
 
 FLOAT_TYPES = frozenset(
@@ -204,59 +203,8 @@ class PartStats:
                 for n in self.tensors}  # fmt: skip
 
 
-def tune_allocator() -> bool:
-    """Stop glibc from handing freed buffers back to the kernel between batches (Linux only).
-
-    Collection allocates and frees the same few tens of MB per chunk (ONNX Runtime's outputs,
-    the histograms' temporaries). With glibc's default, dynamic thresholds those buffers are
-    mmap'ed or trimmed and re-faulted on every chunk (~1 page fault per 4 KB: on the demo model,
-    about 2x the whole collection time). Fixed thresholds (64 MiB mmap, 256 MiB trim) keep them
-    in the heap for reuse; the cost is that up to 256 MiB of freed heap stays with the process.
-    The same as setting ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` before start.
-    Returns whether glibc accepted the settings (False elsewhere: nothing changes).
-    """
-    if sys.platform != "linux":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
-        )
-    except (OSError, AttributeError):  # not glibc (musl, ...): leave the allocator alone
-        return False
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
-
-ACTIVATION_BUDGET = 32 << 20
-"""Bytes of collected activations in flight at once: each batch is run in chunks of frames
-small enough for this (histograms do not depend on how the frames are split)."""
-
-
-class _Chunker:
-    """Splits feeds into chunks of frames whose collected outputs fit ``budget`` bytes.
-
-    The first chunk is the smallest the graph runs (one frame, or its fixed batch); the size
-    of the rest follows from the bytes that chunk produced.
-    """
-
-    def __init__(self, runner: BatchRunner, budget: int = ACTIVATION_BUDGET) -> None:
-        self.unit = runner.fixed if runner.fixed and runner.fixed > 1 else 1
-        self.budget = budget
-        self.size: int | None = None
-
-    def split(self, feed: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        n = len(next(iter(feed.values())))
-        start = 0
-        while start < n:
-            size = self.size or self.unit
-            yield {k: v[start : start + size] for k, v in feed.items()}
-            start += size
-
-    def observe(self, nbytes: int, frames: int) -> None:
-        if self.size is None and frames:
-            per_frame = max(nbytes / frames, 1.0)
-            self.size = max(1, int(self.budget // (per_frame * self.unit))) * self.unit
+def _frames(feed: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(feed.values())))
 
 
 def _update(stats: dict[str, TensorStats], name: str, value: np.ndarray) -> None:
@@ -317,11 +265,14 @@ class _GraphCollector:
         self.runner = BatchRunner(model, wanted + [n for n in fetch if n not in wanted])
         self.stats: dict[str, TensorStats] = {}
 
-    def update(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.runner.run(feed)
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's outputs for one chunk (thread-safe: touches no statistics)."""
+        return self.runner.run(feed)
+
+    def record(self, feed: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -> None:
+        """Bin one chunk's tensors (its feed and what ``run`` returned for it)."""
         for n in self.direct:
             _update(self.stats, n, feed[n] if n in feed else out[n])
-        return out
 
     def finish(self, shared: Mapping[str, TensorStats] | None = None) -> PartStats:
         stats = {**self.stats, **(shared or {})}
@@ -346,14 +297,16 @@ def collect_stats(
     names = list(calibration_tensors(model) if tensors is None else tensors)
     tune_allocator()
     collector = _GraphCollector(model, names, part)
-    chunker = _Chunker(collector.runner)
+    chunker = Chunker(collector.runner.fixed or 1)
+
+    def observe(feed: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -> None:
+        chunker.observe(sum(v.nbytes for v in out.values()), _frames(feed))
+
+    chunks = (feed for batch in feeds for feed in chunker.split(batch))
     fed = 0
-    for batch in feeds:
-        for feed in chunker.split(batch):
-            out = collector.update(feed)
-            frames = len(next(iter(feed.values())))
-            fed += frames
-            chunker.observe(sum(v.nbytes for v in out.values()), frames)
+    for feed, out in run_ahead(chunks, collector.run, observe):
+        collector.record(feed, out)
+        fed += _frames(feed)
     if fed == 0:
         raise CalibrationError(f"{part}: no calibration frames were fed; nothing to calibrate")
     return collector.finish()
@@ -392,18 +345,26 @@ def collect_bundle(
     for p, m in heads.items():
         taps = [i.name for i in m.graph.input]
         collectors[p] = _GraphCollector(m, calibration_tensors(m), p, external=taps)
-    chunker = _Chunker(main.runner)
+    chunker = Chunker(main.runner.fixed or 1)
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        outs = {trunk: main.run(feed)}
+        for p, c in collectors.items():
+            outs[p] = c.run({n: outs[trunk][n] for n in c.runner.input_names})
+        return outs
+
+    def observe(feed: Mapping[str, np.ndarray], outs: dict[str, dict[str, np.ndarray]]) -> None:
+        nbytes = sum(v.nbytes for out in outs.values() for v in out.values())
+        chunker.observe(nbytes, _frames(feed))
+
+    chunks = (feed for whole in batches for feed in chunker.split({input_name: whole}))
     fed = 0
-    for whole in batches:
-        fed += len(whole)
-        for feed in chunker.split({input_name: whole}):
-            out = main.update(feed)
-            nbytes = sum(v.nbytes for v in out.values())
-            for c in collectors.values():
-                hout = c.update({n: out[n] for n in c.runner.input_names})
-                nbytes += sum(v.nbytes for v in hout.values())
-                del hout
-            chunker.observe(nbytes, len(feed[input_name]))
+    for feed, outs in run_ahead(chunks, run, observe):
+        main.record(feed, outs[trunk])
+        for p, c in collectors.items():
+            c.record({n: outs[trunk][n] for n in c.runner.input_names}, outs[p])
+        fed += _frames(feed)
+        del outs
     if fed == 0:
         raise CalibrationError("no calibration frames were fed; nothing to calibrate")
     result = {trunk: main.finish()}

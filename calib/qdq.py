@@ -26,7 +26,7 @@ their first output) are left in float the same way, which is how a whole head st
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -375,3 +375,32 @@ def check_qdq(model: onnx.ModelProto, *, float_nodes: Collection[str] = (), wher
             + "; ".join(problems[:8])
             + ". This is a bug in etr-edge's Q/DQ placement; please report it"
         )
+
+
+class _EveryTensor(Mapping[str, float]):
+    """An amax table that has every tensor (1.0): for asking a plan which tensors it needs."""
+
+    def __getitem__(self, name: str) -> float:
+        return 1.0
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def qdq_tensors(
+    model: onnx.ModelProto,
+    *,
+    keep_float: Collection[str] = (),
+    keep_float_nodes: Collection[str] = (),
+) -> list[str]:
+    """The activation tensors ``quantize_model`` will need an amax for: what a
+    calibration that only produces the Q/DQ model has to collect (a TensorRT cache wants every
+    tensor: ``collect.calibration_tensors``)."""
+    plan = plan_qdq(model, _EveryTensor(), keep_float=keep_float, keep_float_nodes=keep_float_nodes)
+    return list(plan.activations)

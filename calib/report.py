@@ -259,10 +259,24 @@ def _sensitivity(
                      "recovered": float(np.mean(recovered)), "tasks": per_task})  # fmt: skip
     rows.sort(key=lambda r: -r["recovered"])
     return {
+        "by_task": sensitivity_by_task(rows, inp.tasks),
         "method": "each Q/DQ tensor kept float in turn (fused graph); 'recovered' = mean over "
         "tasks of the share of the INT8 output error (relative squared error vs FP32) removed",
         "ranking": rows,
     }
+
+
+def sensitivity_by_task(rows: list[dict[str, Any]], tasks: Collection[str]
+                        ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Per task, the ``WORST_TENSORS`` tensors whose float copy removes the most of *that* task's
+    INT8 output error (the overall ranking averages over tasks, so a tensor that only one head
+    is sensitive to can rank low there): ``{task: [{"tensor", "error_reduction"}, ...]}``."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for t in tasks:
+        ranked = sorted(rows, key=lambda r: -r["tasks"][t]["error_reduction"])[:WORST_TENSORS]
+        out[t] = [{"tensor": r["tensor"], "error_reduction": r["tasks"][t]["error_reduction"]}
+                  for r in ranked]  # fmt: skip
+    return out
 
 
 # ------------------------------------------------------------------------------ markdown
@@ -326,6 +340,16 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             cells = " | ".join(_fmt(r["tasks"][t]["metric"]) for t in tasks)
             lines.append(f"| `{r['tensor']}` | {', '.join(r['parts'])} | "
                          f"{100 * r['recovered']:.1f} | {cells} |")  # fmt: skip
+        by_task = sens.get("by_task") or {}
+        if by_task:
+            lines += ["", "Per task, the tensors whose float copy removes the most of that "
+                      "task's INT8 output error:", "",
+                      "| task | most sensitive tensors (error removed %) |",
+                      "|---|---|"]  # fmt: skip
+            for t, top in by_task.items():
+                cells = ", ".join(f"`{e['tensor']}` {100 * e['error_reduction']:.1f}"
+                                  for e in top[:3])  # fmt: skip
+                lines.append(f"| {t} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -108,6 +108,11 @@ class CalibConfig:
         if problems:
             raise CalibrationError("; ".join(problems))
 
+    @property
+    def target_version(self) -> TrtVersion:
+        """``target`` as a version (``__post_init__`` has parsed it)."""
+        return TrtVersion.parse(self.target)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["target"] = str(self.target)
@@ -290,7 +295,7 @@ def calibrate_bundle(
     stats = collect_bundle(split, calib.batches(cfg.batch), input_name=bundle.input.name)
     amaxes = _part_amaxes(stats, cfg)
     t2 = time.perf_counter()
-    caches = {p: CalibrationCache.from_amaxes(cfg.target, cfg.algorithm, amaxes[p])
+    caches = {p: CalibrationCache.from_amaxes(cfg.target_version, cfg.algorithm, amaxes[p])
               for p in stats}  # fmt: skip
     where = map_tensors(parts["fused"], split)
     fused_amax = _fused_amaxes(parts, where, amaxes, lambda: calib.batches(cfg.batch), cfg,

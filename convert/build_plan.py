@@ -15,16 +15,18 @@ into one ``BuildJob`` per part, refusing options that cannot work before anythin
 The slug names the module (or GPU), the compute capability and the TensorRT version, e.g.
 ``orin-nano-sm87-trt10.3.0``: engines are not portable across any of them, so a JetPack upgrade
 builds into a new folder instead of overwriting engines another board may still use.
+
+The options and jobs are defined in convert/build_config.py, the device identity and the slug
+in convert/device_identity.py; both are importable from here too.
 """
 
 from __future__ import annotations
 
-import importlib
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+from edge.convert.build_config import BuildConfig, BuildJob, ShapeRange
+from edge.convert.device_identity import GpuIdentity, device_slug, gpu_identity
 from edge.errors import BundleError, CalibrationError, EngineBuildError, EngineMismatchError
 from edge.files import sha256_file
 from edge.jetson.probe import JetsonInfo
@@ -32,239 +34,23 @@ from edge.manifest import Bundle
 from edge.runtime.sidecar import verify_engine
 from edge.trt_version import Capabilities, TrtVersion, capabilities, validate_build_options
 
+__all__ = [
+    "PART_GROUPS",
+    "BuildConfig",
+    "BuildJob",
+    "GpuIdentity",
+    "ShapeRange",
+    "device_slug",
+    "engine_is_current",
+    "gpu_identity",
+    "plan_build",
+]
+
 PART_GROUPS = ("trunk", "heads", "fused")
 _AUTOCAST = (
     "python -m modelopt.onnx.autocast --onnx_path BUNDLE/trunk.onnx "
     "--low_precision_type fp16 --keep_io_types"
 )
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Options of ``edge build`` (one engine per selected part)."""
-
-    precision: str = "fp16"
-    int8_mode: str | None = None
-    """'implicit' | 'explicit' | None (= implicit while it exists, explicit from TensorRT 11)."""
-    dla_core: int | None = None
-    workspace_mib: int | None = None
-    """TensorRT workspace pool limit (None: TensorRT's default); small boards want 256-1024."""
-    timing_cache: Path | None = None
-    """None: ``engines/<slug>/timing.cache``."""
-    use_timing_cache: bool = True
-    parts: tuple[str, ...] | None = None
-    """'trunk', 'heads', 'fused', 'heads/<task>' or '<task>'; None: every part that can be built."""
-    calibrate_data: str | None = None
-    """Implicit INT8 without a usable cache: calibrate on the spot from this source URI."""
-    calibrate_frames: int = 256
-    calibration_algorithm: str = "entropy"
-    builder_optimization_level: int | None = None
-    strongly_typed: bool | None = None
-    """None: strongly typed only where TensorRT requires it (11.x)."""
-    gpu_fallback: bool = True
-    force: bool = False
-    """Rebuild even when an engine with a matching sidecar exists."""
-    progress: bool = True
-    verbose: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.parts, str):
-            object.__setattr__(self, "parts", tuple(p for p in self.parts.split(",") if p))
-        if self.timing_cache is not None:
-            object.__setattr__(self, "timing_cache", Path(self.timing_cache))
-        if self.workspace_mib is not None and self.workspace_mib < 1:
-            raise EngineBuildError(f"--workspace {self.workspace_mib}: expected MiB >= 1, e.g. 512")
-        level = self.builder_optimization_level
-        if level is not None and not 0 <= level <= 5:
-            raise EngineBuildError(f"--opt-level {level}: TensorRT levels are 0..5 (default 3)")
-        if self.calibrate_frames < 1:
-            raise EngineBuildError("--calibrate-frames must be >= 1 (about 256-500 is typical)")
-        if self.calibration_algorithm not in ("entropy", "minmax"):
-            raise EngineBuildError(
-                f"calibration algorithm '{self.calibration_algorithm}': TensorRT calibrates on "
-                "the device with 'entropy' (EntropyCalibration2) or 'minmax'"
-            )
-
-
-@dataclass(frozen=True)
-class GpuIdentity:
-    """The CUDA device engines are built for: what the sidecar records and the runtime checks."""
-
-    name: str
-    compute_capability: str
-    source: str
-    """'pycuda' | 'cuda-python' | 'libcuda' | 'jetson-probe' | 'none'."""
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """One input's optimization-profile shapes (min == opt == max for a fixed batch)."""
-
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    @property
-    def dynamic(self) -> bool:
-        return self.min != self.max
-
-
-@dataclass(frozen=True)
-class BuildJob:
-    """Everything ``run_build_job`` needs for one engine, decided by ``plan_build``."""
-
-    part: str
-    bundle_root: Path
-    onnx: Path
-    engine: Path
-    precision: str
-    int8_mode: str | None
-    tensorrt: TrtVersion
-    gpu: GpuIdentity
-    device: JetsonInfo | None
-    inputs: tuple[ShapeRange, ...]
-    outputs: tuple[str, ...]
-    strongly_typed: bool = False
-    explicit_batch_flag: bool = False
-    fp16_flag: bool = False
-    int8_flag: bool = False
-    calibration_cache: Path | None = None
-    """Implicit INT8: the cache handed to TensorRT (read-only; never rewritten)."""
-    calibration_algorithm: str | None = None
-    """Header name of that cache: 'EntropyCalibration2' or 'MinMaxCalibration'."""
-    calibrate_source: str | None = None
-    """Implicit INT8 calibrated on the spot from this source (cache -> ``calibrate_cache``)."""
-    calibrate_cache: Path | None = None
-    calibrate_frames: int = 256
-    calibrate_kind: str = "entropy"
-    calibration_profile: bool = False
-    dla_core: int | None = None
-    gpu_fallback: bool = True
-    workspace_bytes: int | None = None
-    timing_cache: Path | None = None
-    optimization_level: int | None = None
-    progress: bool = True
-    verbose: bool = False
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def dynamic(self) -> bool:
-        return any(s.dynamic for s in self.inputs)
-
-    @property
-    def label(self) -> str:
-        return f"{self.part}.{self.precision}"
-
-    def flags(self) -> list[str]:
-        """Builder settings in words (for the log and the sidecar)."""
-        out = ["STRONGLY_TYPED"] if self.strongly_typed else []
-        out += ["EXPLICIT_BATCH"] if self.explicit_batch_flag else []
-        out += ["FP16"] if self.fp16_flag else []
-        out += ["INT8"] if self.int8_flag else []
-        if self.dla_core is not None:
-            out += [f"DLA{self.dla_core}"] + (["GPU_FALLBACK"] if self.gpu_fallback else [])
-        return out
-
-    def describe(self) -> str:
-        mode = f" ({self.int8_mode})" if self.int8_mode else ""
-        src = self.onnx.relative_to(self.bundle_root).as_posix()
-        cache = ""
-        if self.calibration_cache is not None:
-            cache = f", cache {self.calibration_cache.relative_to(self.bundle_root).as_posix()}"
-        elif self.calibrate_source is not None:
-            cache = f", calibrating from {self.calibrate_source}"
-        return f"{self.label}{mode} from {src}{cache} [{' '.join(self.flags()) or 'FP32'}]"
-
-
-# ---------------------------------------------------------------------------- device identity
-
-
-def _gpu_from_pycuda() -> GpuIdentity | None:
-    try:
-        cuda: Any = importlib.import_module("pycuda.driver")
-        cuda.init()
-        dev = cuda.Device(0)
-        major, minor = dev.compute_capability()
-        return GpuIdentity(str(dev.name()), f"{major}.{minor}", "pycuda")
-    except Exception:
-        return None
-
-
-def _gpu_from_cuda_python() -> GpuIdentity | None:
-    for module in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            cudart: Any = importlib.import_module(module)
-            err, props = cudart.cudaGetDeviceProperties(0)
-            if int(err) != 0:
-                return None
-            name = (
-                props.name.decode("utf-8", "replace")
-                if isinstance(props.name, bytes)
-                else props.name
-            )
-            return GpuIdentity(
-                str(name).strip("\x00 "), f"{props.major}.{props.minor}", "cuda-python"
-            )
-        except Exception:
-            continue
-    return None
-
-
-def _gpu_from_libcuda() -> GpuIdentity | None:
-    """The CUDA driver API through ctypes: present wherever a GPU driver is, no Python package."""
-    import ctypes
-
-    for libname in ("libcuda.so.1", "libcuda.so"):
-        try:
-            lib = ctypes.CDLL(libname)
-        except OSError:
-            continue
-        dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-        name = ctypes.create_string_buffer(256)
-        if (
-            lib.cuInit(0) != 0
-            or lib.cuDeviceGet(ctypes.byref(dev), 0) != 0
-            or lib.cuDeviceGetName(name, 256, dev) != 0
-            # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76 (cuda.h)
-            or lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) != 0
-            or lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev) != 0
-        ):
-            return None
-        return GpuIdentity(
-            name.value.decode("utf-8", "replace"), f"{major.value}.{minor.value}", "libcuda"
-        )
-    return None
-
-
-def gpu_identity(device: JetsonInfo | None = None) -> GpuIdentity:
-    """Name and compute capability of CUDA device 0, as CUDA reports them.
-
-    Tried in order: pycuda, cuda-python, the driver library through ctypes; without any CUDA
-    the probed Jetson stands in (model name, SoC compute capability). The runtime must use this
-    same function so that a sidecar written here matches the machine there.
-    """
-    for probe in (_gpu_from_pycuda, _gpu_from_cuda_python, _gpu_from_libcuda):
-        found = probe()
-        if found is not None:
-            return found
-    if device is not None:
-        return GpuIdentity(device.model, device.compute_capability or "unknown", "jetson-probe")
-    return GpuIdentity("unknown GPU", "unknown", "none")
-
-
-def device_slug(gpu: GpuIdentity, device: JetsonInfo | None, version: str | TrtVersion) -> str:
-    """Folder name for this device's engines: ``<module|gpu>-sm<cc>-trt<version>``."""
-    v = TrtVersion.parse(version)
-    if device is not None and device.module != "unknown":
-        base = device.module
-    else:
-        base = re.sub(r"[^a-z0-9]+", "-", gpu.name.lower()).strip("-") or "gpu"
-    cc = gpu.compute_capability.replace(".", "")
-    return f"{base}{'-sm' + cc if cc.isdigit() else ''}-trt{v}"
-
-
-# ---------------------------------------------------------------------------- planning (pure)
 
 
 def _select_parts(bundle: Bundle, wanted: tuple[str, ...] | None) -> tuple[list[str], bool]:

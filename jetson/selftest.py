@@ -156,7 +156,7 @@ def run_selftest(
     bundle_path: Path, precisions: Sequence[str], frames: int, engines: Path | None = None
 ) -> tuple[list[Comparison], list[str]]:
     """Compare every engine found with ONNX Runtime; returns (comparisons, problems)."""
-    from edge.convert.build import device_slug, gpu_identity
+    from edge.convert.device_identity import device_slug, gpu_identity
     from edge.jetson.probe import probe_jetson
     from edge.manifest import load_bundle
     from edge.runtime.backends.base import create_backend

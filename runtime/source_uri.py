@@ -1,7 +1,7 @@
-"""Sources by URI: parse a source URI into an unopened :class:`~edge.runtime.sources.Source`.
+"""Sources by URI: parse a source URI into an unopened :class:`~edge.runtime.source_base.Source`.
 
 ``open_source(uri)`` returns the source; ``open()``/``read()``/``close()`` (or ``with``) then give
-:class:`~edge.runtime.sources.Frame` objects. Accepted URIs:
+:class:`~edge.runtime.source_base.Frame` objects. Accepted URIs:
 
 - ``path/to/video.mp4`` or ``file:///abs/video.mp4``: a video file (OpenCV); ends cleanly, optional
   ``loop`` and ``realtime`` pacing (to ``options.fps`` or the file's own fps).

@@ -40,16 +40,24 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from edge.errors import ConfigError, EdgeError, InputContractError, MissingDependencyError
+from edge.errors import (
+    ConfigError,
+    EdgeError,
+    InputContractError,
+    InternalError,
+    MissingDependencyError,
+)
 
 if TYPE_CHECKING:
     from edge.manifest import Bundle
 
 Dim = int | str | None
+
+_B = TypeVar("_B", bound="Backend")
 """A dimension: an int when fixed, a symbol (``"batch"``) or None when dynamic."""
 
 
@@ -65,6 +73,14 @@ class TensorMeta:
     def describe(self) -> str:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.dtype}[{dims}]"
+
+
+def concrete_shape(meta: TensorMeta) -> tuple[int, ...]:
+    """The shape of an actual tensor (every dim a number: taps and outputs, not declarations)."""
+    dims = tuple(d for d in meta.shape if isinstance(d, int))
+    if len(dims) != len(meta.shape):
+        raise InternalError(f"tensor '{meta.name}' has symbolic dims {meta.shape} after a run")
+    return dims
 
 
 class Taps:
@@ -136,7 +152,7 @@ class Backend:
         self.runs = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def load(self, path: str | Path) -> Backend:
+    def load(self: _B, path: str | Path) -> _B:
         """Load a part (``trunk.onnx``, ``heads/<t>.onnx``, an engine...); returns ``self``."""
         if self.path is not None:
             raise InputContractError(f"{self}: already loaded; close() it or make a new one")

@@ -21,6 +21,10 @@ tensor API; tensorrt and pycuda are imported lazily.
 - **CUDA graphs** (``capture_graph=True``): the first run with given bindings is the warm-up,
   the second is captured (cuda-python), later ones replay it, so the trunk and each due head are
   one graph launch each; other addresses or shapes re-capture.
+
+The options (:class:`TrtOptions`) are in :mod:`edge.runtime.backends.trt_options`, the
+comparison with ONNX Runtime (:func:`compare_with_onnxruntime`, :func:`self_test`) in
+:mod:`edge.runtime.backends.trt_selftest`; both are importable from here.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge.errors import BundleError, ConfigError, EngineMismatchError, InputContractError
-from edge.runtime.backends.base import Backend, Dim, Taps, TensorMeta
+from edge.runtime.backends.base import Backend, Dim, Taps, TensorMeta, concrete_shape
 from edge.runtime.backends.trt_buffers import (
     CudaGraph,
     CudaRuntime,
@@ -45,33 +49,14 @@ from edge.runtime.backends.trt_buffers import (
     tensorrt_version_from_metadata,
     verify_engine_here,
 )
+from edge.runtime.backends.trt_options import PRECISIONS, TrtOptions
+from edge.runtime.backends.trt_selftest import compare_with_onnxruntime, self_test
 from edge.trt_version import TrtVersion
 
 if TYPE_CHECKING:
     import tensorrt as trt  # noqa: TID251  (types only; imported lazily)
 
     from edge.manifest import Bundle
-
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-@dataclass(frozen=True)
-class TrtOptions:
-    """Options of :class:`TensorRTBackend` (``create_backend("tensorrt", **options)``)."""
-
-    precision: str = "fp16"
-    """Which engine ``artifact_path`` picks for a part: ``<part>.<precision>.engine``."""
-    capture_graph: bool = False
-    """Replay each part's enqueue as a CUDA graph (needs cuda-python)."""
-    synchronize: bool = False
-    """Wait for the GPU at the end of every call (profiling); default: only to read results."""
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"tensorrt backend precision '{self.precision}': expected one of {PRECISIONS} "
-                "(the engines edge build wrote: <part>.<precision>.engine)"
-            )
 
 
 @dataclass(frozen=True)
@@ -125,7 +110,7 @@ class TensorRTBackend(Backend):
     # -- files --------------------------------------------------------------------------------
     def engine_path(self, bundle: Bundle, part: str) -> Path:
         """``bundle/engines/<this device's slug>/<part>.<precision>.engine``."""
-        from edge.convert.build_plan import device_slug, gpu_identity
+        from edge.convert.device_identity import device_slug, gpu_identity
         from edge.jetson.probe import probe_jetson
 
         version = tensorrt_version_from_metadata() or str(tensorrt_module().__version__)
@@ -386,7 +371,7 @@ class TensorRTBackend(Backend):
         assert self._rt is not None
         with self._rt.active():
             for t in self._inputs:  # names, shapes and dtypes were checked by run_from_taps
-                self._set_shape(t.name, tuple(int(d) for d in taps.meta[t.name].shape))
+                self._set_shape(t.name, concrete_shape(taps.meta[t.name]))
                 self._bind(t.name, device.ptrs[t.name])  # the trunk's buffer: no copy
             self._enqueue()
             return self._fetch(outputs)
@@ -399,132 +384,14 @@ class TensorRTBackend(Backend):
             )
         assert self._rt is not None
         with self._rt.active():
-            shape = tuple(int(d) for d in taps.meta[name].shape)
+            shape = concrete_shape(taps.meta[name])
             view = self._buffers[name].download(shape)
             self._rt.synchronize()
             return view.copy()
 
 
-# ---------------------------------------------------------------------------- self-test
-
-
-def _feeds(bundle: Bundle, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Frames -> model inputs in the bundle's batch size (the last batch padded by repetition)."""
-    from edge.runtime.preprocess import frames_to_input
-
-    if not frames:
-        raise InputContractError("compare_with_onnxruntime: give at least one frame")
-    size = 1 if bundle.batch.get("dynamic") else int(bundle.batch.get("size", 1))
-    out = []
-    for i in range(0, len(frames), size):
-        chunk = list(frames[i : i + size])
-        chunk += [chunk[-1]] * (size - len(chunk))
-        out.append(frames_to_input(chunk, bundle.input))
-    return out
-
-
-def _max_abs(ref: np.ndarray, got: np.ndarray) -> float:
-    if ref.shape != got.shape or not np.all(np.isfinite(got)):
-        return float("inf")
-    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-    return float(diff.max()) if diff.size else 0.0
-
-
-def _engine_outputs(
-    engines: Mapping[str, TensorRTBackend], feed: dict[str, np.ndarray], ref_taps: dict[str, Any]
-) -> dict[str, dict[str, np.ndarray]]:
-    """Every engine's outputs for one feed. Parts that read taps (heads, merged heads) run on
-    the TensorRT trunk's device taps when there is a trunk engine, else on the reference taps."""
-    trunk = engines.get("trunk")
-    taps = trunk.run_taps(feed) if trunk is not None else None
-    got = {"trunk": taps.arrays()} if taps is not None else {}
-    for part, engine in engines.items():
-        names = [t.name for t in engine.inputs()]
-        if part == "trunk":
-            continue
-        if any(n in feed for n in names):
-            got[part] = engine.run(feed)
-        elif taps is not None:
-            got[part] = engine.run_from_taps(taps)
-        else:
-            got[part] = engine.run({n: ref_taps[n] for n in names})
-    return got
-
-
-def compare_with_onnxruntime(
-    bundle: Bundle | str | Path,
-    engines_dir: str | Path,
-    frames: Sequence[np.ndarray],
-    *,
-    precision: str | None = None,
-) -> dict[str, dict[str, float]]:
-    """Run the same frames through ONNX Runtime (the float ONNX models, the reference) and the
-    engines in ``engines_dir``; return ``{"<precision>:<part>": {output: max abs error}}``.
-
-    Heads run on the TensorRT trunk's device taps (zero-copy, as in the pipeline) when the
-    trunk's engine is there, else on the reference taps. ``precision`` None: every precision
-    with at least one engine. An output with another shape or a NaN/Inf scores ``inf``.
-    """
-    from edge.manifest import Bundle as _Bundle
-    from edge.manifest import load_bundle
-    from edge.runtime.backends.base import create_backend
-
-    b = bundle if isinstance(bundle, _Bundle) else load_bundle(bundle)
-    root = Path(engines_dir)
-    wanted = [precision] if precision else list(PRECISIONS)
-    found = {p: [q for q in b.parts if (root / f"{q}.{p}.engine").is_file()] for p in wanted}
-    found = {p: parts for p, parts in found.items() if parts}
-    if not found:
-        raise BundleError(f"no {'/'.join(wanted)} engines in {root}: run edge build {b.root}")
-    ort = {p: create_backend("onnxruntime").load(b.path(p)) for p in b.parts}
-    report: dict[str, dict[str, float]] = {}
-    try:
-        feeds = [{b.input.name: x} for x in _feeds(b, frames)]
-        refs = []
-        for feed in feeds:
-            taps = ort["trunk"].run(feed)
-            given = {**feed, **taps}
-            ref = {p: ort[p].run({t.name: given[t.name] for t in ort[p].inputs()}) for p in b.parts}
-            refs.append((taps, ref))
-        for prec, parts in found.items():
-            engines = {
-                p: TensorRTBackend(precision=prec).load(root / f"{p}.{prec}.engine") for p in parts
-            }
-            try:
-                for feed, (ref_taps, ref) in zip(feeds, refs):
-                    for part, outs in _engine_outputs(engines, feed, ref_taps).items():
-                        errs = report.setdefault(f"{prec}:{part}", {})
-                        for name, value in ref[part].items():
-                            err = _max_abs(value, outs[name]) if name in outs else float("inf")
-                            errs[name] = max(errs.get(name, 0.0), err)
-            finally:
-                for engine in engines.values():
-                    engine.close()
-    finally:
-        for backend in ort.values():
-            backend.close()
-    return report
-
-
-def self_test(
-    bundle: Bundle | str | Path,
-    engines_dir: str | Path,
-    frames: Sequence[np.ndarray],
-    atol: float,
-    *,
-    precision: str | None = None,
-) -> list[str]:
-    """Failures of :func:`compare_with_onnxruntime` beyond ``atol`` (empty: passed)."""
-    report = compare_with_onnxruntime(bundle, engines_dir, frames, precision=precision)
-    return [
-        f"{key} {name}: max abs error {err:.3g} > {atol:g}"
-        for key, errs in report.items()
-        for name, err in errs.items()
-        if not err <= atol
-    ]
-
-
 __all__ = [
+    "PRECISIONS",
     "DeviceTaps",
     "TensorRTBackend",
     "TrtOptions",

@@ -325,7 +325,7 @@ def verify_engine_here(engine: str | Path) -> dict[str, Any]:
     and the GPU first, and only then imports TensorRT to compare its version. Raises
     EngineMismatchError (rebuild) or BundleError (no or broken sidecar).
     """
-    from edge.convert.build_plan import gpu_identity
+    from edge.convert.device_identity import gpu_identity
     from edge.jetson.probe import probe_jetson
 
     path = Path(engine)

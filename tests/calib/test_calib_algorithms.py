@@ -7,7 +7,6 @@ import pytest
 
 from edge.calib.algorithms import (
     ALGORITHMS,
-    KL_EPS,
     MIN_AMAX,
     amax_entropy,
     amax_minmax,
@@ -29,7 +28,7 @@ def _stats(*batches: np.ndarray, name: str = "t") -> TensorStats:
 
 def _reference_divergences(hist: np.ndarray) -> np.ndarray:
     """A literal, loop-by-loop port of pytorch-quantization's _compute_amax_entropy (scipy's
-    entropy written out), plus our KL_EPS rule for an empty last bin that received outliers."""
+    entropy written out: infinite where Q is 0 but P is not)."""
     bins = np.array(hist, dtype=np.float64)
     bins[0] = bins[1]
     out = []
@@ -51,9 +50,9 @@ def _reference_divergences(hist: np.ndarray) -> np.ndarray:
             out.append(np.inf)
             continue
         p, q = p / p.sum(), q / q.sum()
-        if q[-1] == 0 and p[-1] > 0:
-            q = q * (1 - KL_EPS)
-            q[-1] = KL_EPS
+        if np.any((q == 0) & (p > 0)):
+            out.append(np.inf)
+            continue
         m = p > 0
         out.append(float(np.sum(p[m] * np.log(p[m] / q[m]))))
     return np.array(out)
@@ -61,7 +60,7 @@ def _reference_divergences(hist: np.ndarray) -> np.ndarray:
 
 def test_divergences_match_the_reference_loop() -> None:
     rng = np.random.default_rng(0)
-    # a 512-bin histogram with a gap and isolated outliers (exercises the smoothed case)
+    # a 512-bin histogram with a gap and isolated outliers (candidates in the gap: infinite)
     hist = np.zeros(512, dtype=np.int64)
     hist[:200] = rng.poisson(np.linspace(500, 1, 200))
     hist[300] = 2
@@ -113,12 +112,43 @@ def test_entropy_of_uniform_is_its_bound(a: float) -> None:
     assert amax_entropy(s) <= s.absmax
 
 
-def test_entropy_of_gaussian_clips_the_tail() -> None:
+def test_entropy_keeps_a_light_tail_and_clips_a_heavy_one() -> None:
     rng = np.random.default_rng(3)
-    s = _stats(*(rng.normal(size=100_000) for _ in range(4)))
-    amax = amax_entropy(s)
-    assert 2.5 < amax < 5.0
-    assert amax < s.absmax  # it clips (minmax would not)
+    gauss = _stats(*(rng.normal(size=100_000) for _ in range(4)))
+    # as in the reference: the sparse end of a Gaussian is no reason to clip (its gap bins are
+    # infinite, and the divergence of coarser levels over a smooth bulk is tiny)
+    assert amax_entropy(gauss) == gauss.absmax
+    heavy = _stats(*(rng.standard_t(3, size=100_000) for _ in range(4)))
+    assert 10.0 < amax_entropy(heavy) < heavy.absmax / 2  # a long tail is clipped
+
+
+def test_entropy_amax_matches_the_reference_loop() -> None:
+    rng = np.random.default_rng(7)
+    for data in (rng.laplace(size=80_000), np.maximum(rng.lognormal(0, 1, 80_000) - 1, 0)):
+        s = _stats(data)
+        div = _reference_divergences(s.counts)
+        i = 128 + div.size - 1 - int(np.argmin(div[::-1]))  # last argmin, as the reference
+        assert amax_entropy(s) == min(i * s.bin_width, s.absmax)
+
+
+def test_entropy_never_stops_in_an_empty_bin_of_the_tail() -> None:
+    """Issue 4: a dense bulk, then a sparse tail with gaps holding < 1e-4 of the data. A gap
+    candidate is infinite and the threshold ends on a non-empty bin (or past the data); the
+    former single-bin smoothing (Q[i-1] = 1e-4) made gap bins cheap and clipped too much."""
+    hist = np.zeros(2048, dtype=np.int64)
+    hist[:900] = np.linspace(200_000, 1_000, 900).astype(np.int64)
+    hist[900:1400:7] = 3  # sparse tail: one non-empty bin in seven
+    hist[1500] = 1
+    s = TensorStats.from_dict({**TensorStats("t").to_dict(), "count": int(hist.sum()),
+                               "counts": hist.tolist(), "min": 0.0, "max": 1500.5 / 128,
+                               "range": 16.0})  # fmt: skip
+    div = kl_divergences(hist)
+    cand = np.arange(128, 2049)
+    beyond = hist.sum() - np.concatenate(([0], np.cumsum(hist)))[cand]
+    gap = (hist[cand - 1] == 0) & (beyond > 0)
+    assert np.isinf(div[gap]).all() and np.isfinite(div[~gap]).all()
+    i = round(amax_entropy(s) / s.bin_width)
+    assert hist[i - 1] > 0 or hist[i:].sum() == 0
 
 
 def test_entropy_clips_isolated_outliers() -> None:

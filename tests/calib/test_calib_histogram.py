@@ -200,3 +200,20 @@ def test_float32_binning_equals_float64_binning() -> None:
     a.update(data)
     b.update(data.astype(np.float64))
     assert np.array_equal(a.counts, b.counts)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_narrow_floats_bin_like_float64(dtype: type, signed: bool) -> None:
+    """float16/float32 batches are binned in float32 (non-negative ones without the abs): the
+    same bins as the float64 path, including values on bin edges."""
+    rng = np.random.default_rng(3)
+    x = rng.gamma(0.5, 1.0, 50_000).astype(dtype)
+    if signed:
+        x[::3] *= -1
+    edges = (np.arange(0, 2048, 7) * (4.0 / 2048)).astype(dtype)  # exact bin edges of range 4
+    x = np.concatenate([x, edges, np.zeros(5, dtype)])
+    x = x[np.abs(x.astype(np.float64)) < 4.0]
+    narrow, wide = _fed("t", x), _fed("t", x.astype(np.float64))
+    assert narrow.range == wide.range
+    np.testing.assert_array_equal(narrow.counts, wide.counts)

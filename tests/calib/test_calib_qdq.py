@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge.calib.collect import BatchRunner, collect_bundle, collect_stats
 from edge.calib.data import sample_frames
-from edge.calib.qdq import check_qdq, plan_qdq, qdq_problems, quantize_model
+from edge.calib.qdq import check_qdq, plan_qdq, qdq_problems, qdq_tensors, quantize_model
 from edge.errors import CalibrationError
 from edge.manifest import load_bundle
 
@@ -148,6 +148,23 @@ def _residual_graph() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])], [w],
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_collecting_only_the_qdq_tensors_gives_the_same_model(calibrated: dict) -> None:
+    """qdq_tensors lists exactly what quantize_model asks for: statistics of those alone give
+    the very same Q/DQ model as statistics of every tensor (what a TensorRT cache needs)."""
+    fused, frames = calibrated["parts"]["fused"], calibrated["frames"]
+    needed = qdq_tensors(fused)
+    full = calibrated["amaxes"]["fused"]
+    assert needed and set(needed) < set(full)
+    assert set(needed) == set(plan_qdq(fused, full).activations)
+    only = collect_stats(fused, ({"image": x} for x in frames.batches(16)), tensors=needed)
+    assert only.tensors == needed
+    q_only, _ = quantize_model(fused, only.amaxes("entropy"))
+    q_full, _ = quantize_model(fused, full)
+    assert q_only.SerializeToString() == q_full.SerializeToString()
+    kept = qdq_tensors(fused, keep_float=needed[:1])
+    assert needed[0] not in kept and set(kept) <= set(needed)
 
 
 def test_residual_add_input_is_quantized_conv_output_is_not() -> None:

@@ -148,6 +148,9 @@ def test_mixed_precision_keeps_a_head_float(tiny_bundle: Path, tmp_path: Path) -
     ranking = report["sensitivity"]["ranking"]
     assert ranking and {"tensor", "recovered", "tasks"} <= set(ranking[0])
     assert "shared_2" not in {r["tensor"] for r in ranking}  # already float
+    by_task = report["sensitivity"]["by_task"]
+    assert set(by_task) == set(TASKS) and all(by_task[t] for t in TASKS)
+    assert "most sensitive tensors" in (root / "calib/report.md").read_text()
 
 
 def test_without_evaluation_frames(tiny_bundle: Path, tmp_path: Path) -> None:

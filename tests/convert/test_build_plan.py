@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 
 from edge.calib.cache import CalibrationCache, write_cache, write_cache_sidecar
-from edge.convert.build import (
-    BuildConfig,
-    GpuIdentity,
-    build_engines,
-    device_slug,
-    engine_is_current,
-    plan_build,
-)
+from edge.convert.build import build_engines
+from edge.convert.build_plan import BuildConfig, GpuIdentity, engine_is_current, plan_build
 from edge.errors import EngineBuildError, MissingDependencyError
 from edge.files import sha256_file
 from edge.jetson.probe import JetsonInfo, probe_jetson
@@ -388,19 +382,11 @@ def test_builder_options_are_carried_and_checked(bundle: Bundle) -> None:
         plan_build(bundle, BuildConfig(precision="fp8"), "10.3.0", None)
 
 
-def test_device_slug_names_gpu_cc_and_tensorrt() -> None:
-    h200 = GpuIdentity("NVIDIA H200", "9.0", "libcuda")
-    assert device_slug(h200, None, "10.13.0.35") == "nvidia-h200-sm90-trt10.13.0"
-    orin = GpuIdentity("Orin", "8.7", "pycuda")
-    assert device_slug(orin, ORIN_NANO, "10.3") == "orin-nano-sm87-trt10.3.0"
-    assert device_slug(GpuIdentity("x", "unknown", "none"), None, "8.6.2") == "x-trt8.6.2"
-
-
 # ------------------------------------------------------------------ calibrating on the spot
 
 
 def test_calibration_feeds_go_through_the_runtime_preprocessing(dynamic_bundle: Bundle) -> None:
-    from edge.convert.build import _calibration_batches
+    from edge.convert.build_calibrators import _calibration_batches
     from edge.runtime.backends.base import create_backend
 
     cfg = BuildConfig(

@@ -1,4 +1,7 @@
-"""Sources: frames, options, video files, folders, the synthetic line, camera open errors."""
+"""Sources: opening by URI, video files, folders, the synthetic line, camera open errors.
+
+What every source shares (options, image conversion, redaction) is in
+test_runtime_source_base.py."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError, SourceError
+from edge.errors import SourceError
 from edge.runtime import source_uri, sources
 from edge.runtime.source_uri import open_source
 from edge.runtime.sources import (
@@ -18,8 +21,6 @@ from edge.runtime.sources import (
     SourceOptions,
     SyntheticSource,
     VideoFileSource,
-    as_bgr,
-    redact_uri,
 )
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -44,15 +45,7 @@ def read_all(source: Source, limit: int = 1000) -> list[Frame]:
     return frames
 
 
-# -- frames and options ----------------------------------------------------------------------
-
-
-def test_redact_uri() -> None:
-    assert redact_uri("rtsp://u:p@h/x") == "rtsp://***@h/x"
-    assert redact_uri('rtspsrc location="rtsp://u:p@h:554/x" ! a') == (
-        'rtspsrc location="rtsp://***@h:554/x" ! a'
-    )
-    assert redact_uri("rtsp://h/x") == "rtsp://h/x"
+# -- opening by URI --------------------------------------------------------------------------
 
 
 def test_sources_open_source_is_the_uri_parser() -> None:
@@ -64,30 +57,6 @@ def test_sources_open_source_is_the_uri_parser() -> None:
         assert type(a) is type(b) and a.describe() == b.describe()
     with pytest.raises(SourceError, match="Accepted sources"):
         sources.open_source("bogus:thing")
-
-
-def test_source_options_are_validated() -> None:
-    for kwargs in (
-        {"width": 0},
-        {"fps": -1.0},
-        {"backoff_initial_s": 0.0},
-        {"backoff_initial_s": 2.0, "backoff_max_s": 1.0},
-        {"read_timeout_s": 0.0},
-        {"fourcc": "MJPEG"},
-    ):
-        with pytest.raises(ConfigError):
-            SourceOptions(**kwargs)
-
-
-def test_as_bgr_converts_gray_and_bgra_and_rejects_others() -> None:
-    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    out = as_bgr(gray, where="test")
-    assert out.shape == (3, 4, 3) and np.array_equal(out[..., 1], gray)
-    bgra = np.dstack([gray, gray + 1, gray + 2, np.full_like(gray, 255)])
-    assert np.array_equal(as_bgr(bgra, where="test"), bgra[..., :3])
-    for bad in (np.zeros((3, 4, 3), np.float32), np.zeros((3, 4, 2), np.uint8)):
-        with pytest.raises(SourceError):
-            as_bgr(bad, where="test")
 
 
 # -- video files -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.convert.build_plan import gpu_identity
+from edge.convert.device_identity import gpu_identity
 from edge.errors import (
     BundleError,
     ConfigError,
