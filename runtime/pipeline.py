@@ -21,7 +21,8 @@ trunk          the trunk backend call (wall time, feed validation included)
 head:<task>    one head's backend call, on the trunk's taps
 heads          the merged heads graph's call (every task due), instead of head:<task>
 fused          the fused graph's call (fused mode, instead of trunk and heads)
-postprocess    decoding every result of the frame
+postprocess    decoding every result of the frame (``edge run`` decodes a merged-heads frame on
+               its sink thread: ``FrameResult.finish``)
 sink           every sink for the frame (the JSONL line holds the time up to its own write; the
                summary's includes the write)   [run loop]
 =============  =================================================================================
@@ -64,6 +65,22 @@ class FrameResult:
     timings_ns: dict[str, int]
     image: np.ndarray | None = field(default=None, repr=False)
     source_index: int | None = None
+    pending: dict[str, tuple[Decoder, np.ndarray]] = field(default_factory=dict, repr=False)
+    """Raw outputs left undecoded by ``Pipeline.process(defer_decode=True)``: ``finish``."""
+
+    def finish(self) -> FrameResult:
+        """Decode the outputs ``process(defer_decode=True)`` left raw (a no-op when there are
+        none): ``results`` complete, their time added to ``postprocess``, ``t_result_ns`` now.
+        The run loop calls it on its sink thread, off the inference thread's critical path."""
+        if self.pending:
+            t0 = time.perf_counter_ns()
+            for task, (decoder, raw) in self.pending.items():
+                self.results[task] = decoder.decode(raw)
+            self.pending.clear()
+            spent = time.perf_counter_ns() - t0
+            self.timings_ns["postprocess"] = self.timings_ns.get("postprocess", 0) + spent
+            self.t_result_ns = time.monotonic_ns()
+        return self
 
     @property
     def ran(self) -> list[str]:
@@ -178,16 +195,20 @@ class Pipeline:
         timings: dict[str, int] | None = None,
         source_index: int | None = None,
         prepared: np.ndarray | None = None,
+        defer_decode: bool = False,
     ) -> FrameResult:
         """Run the due tasks on one uint8 HxWx3 BGR frame. ``timings`` may carry earlier stages
         (capture, queue_wait) and is filled in place. ``prepared``: ``preprocess(image)``
-        computed beforehand (e.g. on another thread); then no ``preprocess`` time is added."""
+        computed beforehand (e.g. on another thread); then no ``preprocess`` time is added.
+        ``defer_decode``: on a frame that ran the merged heads (so no condition reads a result),
+        leave the outputs raw for ``FrameResult.finish`` to decode on another thread."""
         t = timings if timings is not None else {}
         index = self.frames
         self.frames += 1
         results: dict[str, TaskResult | None] = dict.fromkeys(self.tasks)
+        pending: dict[str, tuple[Decoder, np.ndarray]] = {}
         if self.split:
-            self._run_split(image, index, results, t, prepared)
+            self._run_split(image, index, results, t, prepared, pending if defer_decode else None)
         else:
             self._run_fused(image, index, results, t, prepared)
         now = time.monotonic_ns()
@@ -200,6 +221,7 @@ class Pipeline:
             timings_ns=t,
             image=image,
             source_index=source_index,
+            pending=pending,
         )
 
     def _prepare(
@@ -226,12 +248,16 @@ class Pipeline:
         results: dict[str, TaskResult | None],
         t: dict[str, int],
         prepared: np.ndarray | None,
+        pending: dict[str, tuple[Decoder, np.ndarray]] | None = None,
     ) -> None:
         taps = None
         post = 0
         if self.merged is not None and all(s.rule.due(index, results) for s in self.steps):
             out = self.merged.run_from_taps(self._trunk(image, prepared, t))
             t["heads"] = self.merged.last_run_ns
+            if pending is not None:  # every task due, none conditional: nothing reads a result
+                pending.update((s.task, (s.decoder, out[s.output][0])) for s in self.steps)
+                return
             t0 = time.perf_counter_ns()
             for s in self.steps:
                 results[s.task] = s.decoder.decode(out[s.output][0])

@@ -7,7 +7,8 @@ Without it, ``frames_to_input`` also normalises and transposes in numpy, with th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,3 +106,18 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     if mask.shape == (height, width):
         return mask
     return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+@contextmanager
+def opencv_threads(n: int) -> Iterator[None]:
+    """OpenCV's worker threads set to ``n`` for the block, then restored (process-wide).
+
+    The run loop resizes frame k+1 on its own thread while ONNX Runtime infers frame k on one
+    intra-op thread; letting ``cv2.resize`` also fan out over every core would take cycles from
+    the inference it is meant to overlap."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)

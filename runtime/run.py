@@ -15,6 +15,7 @@ from the capture queue but not processed are reported (``unprocessed`` event and
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
 import threading
@@ -33,6 +34,7 @@ from edge.manifest import load_bundle
 from edge.runtime.capture import CaptureThread, parse_policy
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.pipeline import FrameResult, Pipeline, StageStats
+from edge.runtime.preprocess import opencv_threads
 from edge.runtime.schedule import build_schedule, read_schedule_file
 from edge.runtime.sinks import (
     AnnotatedSink,
@@ -168,7 +170,9 @@ def run_bundle(
             outputs.extend(sinks)
             capture = CaptureThread(source, policy)
             loop = _Loop(cfg, pipeline, capture, jsonl, outputs, stop)
-            with _StopFlag() as flag:
+            # overlap: one core resizes the next frame while ONNX Runtime infers on the other
+            threads = opencv_threads(1) if cfg.overlap else contextlib.nullcontext()
+            with _StopFlag() as flag, threads:
                 loop.flag = flag.event
                 summary = loop.run()
         finally:
@@ -285,6 +289,7 @@ class _Loop:
     def _sink(self, result: FrameResult) -> None:
         """Every sink for one frame; its ``sink`` time is in the JSONL line without the line's
         own write, and in the summary with it."""
+        result.finish()  # decode what the inference thread left raw (merged-heads frames)
         timings = result.timings_ns
         t0 = time.perf_counter_ns()
         for s in self.outputs:
@@ -376,6 +381,7 @@ class _Loop:
                     timings=timings,
                     source_index=frame.source_index,
                     prepared=prepared,
+                    defer_decode=self.worker is not None,
                 )
                 if self.worker is not None:
                     self.worker.submit(self._sink, result)

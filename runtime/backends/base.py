@@ -75,6 +75,18 @@ class TensorMeta:
         return f"{self.dtype}[{dims}]"
 
 
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {}
+
+
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """``dtype.name`` ("float32", "uint8", ...), memoised: numpy computes the name in Python on
+    every access (~7 us), and every run names each input and tap."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
+
+
 def concrete_shape(meta: TensorMeta) -> tuple[int, ...]:
     """The shape of an actual tensor (every dim a number: taps and outputs, not declarations)."""
     dims = tuple(d for d in meta.shape if isinstance(d, int))
@@ -279,7 +291,7 @@ class Backend:
                     f"{self}: input '{t.name}' must be a numpy array {t.describe()}, got "
                     f"{type(a).__name__}"
                 )
-            metas.append(TensorMeta(t.name, tuple(a.shape), a.dtype.name))
+            metas.append(TensorMeta(t.name, tuple(a.shape), dtype_name(a.dtype)))
         self._validate_metas(metas)
 
     def _validate_metas(self, given: Sequence[TensorMeta]) -> None:
@@ -359,7 +371,7 @@ class Backend:
         """Default: run on the host and wrap the arrays. Device backends override this to keep
         the outputs in their own device buffers (``Taps.device``)."""
         arrays = self._run_impl(feed, [t.name for t in self._outputs])
-        meta = {n: TensorMeta(n, tuple(a.shape), a.dtype.name) for n, a in arrays.items()}
+        meta = {n: TensorMeta(n, tuple(a.shape), dtype_name(a.dtype)) for n, a in arrays.items()}
         return Taps(self, self.generation, meta, arrays=arrays)
 
     def _run_from_taps_impl(self, taps: Taps, outputs: list[str]) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from edge.manifest import load_bundle
 from edge.runtime.backends.ort import OnnxRuntimeBackend
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.pipeline import Pipeline, StageStats
-from edge.runtime.preprocess import frames_to_input
+from edge.runtime.preprocess import frames_to_input, opencv_threads
 from edge.runtime.schedule import Schedule, build_schedule
 from tiny_models import make_tiny_bundle
 
@@ -49,6 +49,45 @@ def test_split_pipeline_matches_fused_frame_by_frame(tiny_bundle: Path) -> None:
             # every task due: the merged heads graph runs them all in one call
             assert set(r.timings_ns) == {"preprocess", "trunk", "heads", "postprocess"}
             assert all(v >= 0 for v in r.timings_ns.values())
+
+
+def test_deferred_decode_gives_the_same_results_later(tiny_bundle: Path) -> None:
+    """defer_decode (the run loop's inference thread) leaves a merged-heads frame's outputs raw;
+    finish() (its sink thread) decodes them to exactly what decoding at once gives."""
+    with Pipeline(tiny_bundle) as now, Pipeline(tiny_bundle) as later:
+        for img in FRAMES[:4]:
+            a = now.process(img)
+            b = later.process(img, defer_decode=True)
+            assert b.ran == [] and set(b.pending) == set(a.results)
+            assert "postprocess" not in b.timings_ns
+            t_raw = b.t_result_ns
+            assert b.finish() is b and not b.pending and b.ran == a.ran
+            assert b.t_result_ns >= t_raw and b.timings_ns["postprocess"] > 0
+            for task, want in a.results.items():
+                got = b.results[task]
+                assert want is not None and got is not None and got.data == want.data
+                if want.mask is not None:
+                    assert got.mask is not None and np.array_equal(got.mask, want.mask)
+            b.finish()  # a second call changes nothing
+            assert b.timings_ns["postprocess"] > 0 and b.ran == a.ran
+
+
+def test_deferred_decode_never_defers_what_a_condition_reads(tiny_bundle: Path) -> None:
+    decoders = decoders_from_manifest(load_bundle(tiny_bundle).manifest)
+    sched = build_schedule(decoders, tasks=["mask", "angle"], when=["mask: angle > -1e9"])
+    with Pipeline(tiny_bundle, schedule=sched) as p:
+        r = p.process(FRAMES[0], defer_decode=True)
+    assert not r.pending and set(r.ran) == {"mask", "angle"}
+
+
+def test_opencv_threads_is_restored_even_after_an_error() -> None:
+    import cv2
+
+    before = cv2.getNumThreads()
+    with pytest.raises(RuntimeError), opencv_threads(1):
+        assert cv2.getNumThreads() == 1
+        raise RuntimeError("inside")
+    assert cv2.getNumThreads() == before
 
 
 def test_one_task_runs_the_trunk_and_only_its_head(tiny_bundle: Path) -> None:
