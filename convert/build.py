@@ -25,19 +25,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.convert.build_calibrators import _CacheUse
+from edge.convert.build_calibrators import CacheUse
 from edge.convert.build_config import BuildConfig, BuildJob, ShapeRange
-from edge.convert.build_log import _LOG, _logger, _progress_monitor, _say
+from edge.convert.build_log import LOG, progress_monitor, say, trt_logger
 from edge.convert.build_network import (
-    _check_network,
-    _configure,
-    _load_timing_cache,
-    _parse,
-    _save_timing_cache,
+    check_network,
+    configure_builder,
+    load_timing_cache,
+    parse_onnx,
+    save_timing_cache,
 )
 from edge.convert.build_plan import PART_GROUPS, engine_is_current, plan_build
 from edge.convert.device_identity import GpuIdentity, device_slug, gpu_identity
-from edge.convert.lazy_tensorrt import _import_tensorrt
+from edge.convert.lazy_tensorrt import import_tensorrt
 from edge.errors import EngineBuildError
 from edge.files import sha256_file, write_bytes
 from edge.jetson.probe import probe_jetson
@@ -103,25 +103,25 @@ def run_build_job(job: BuildJob) -> Path:
     """Build one engine with TensorRT, write it and its sidecar atomically; return its path."""
     label = job.label
     for note in job.notes:
-        _say(label, f"note: {note}")
-    _say(label, job.describe())
-    logger = _logger(label, job.verbose)
+        say(label, f"note: {note}")
+    say(label, job.describe())
+    logger = trt_logger(label, job.verbose)
     builder = trt.Builder(logger)
-    network, parser = _parse(job, builder, logger)
-    io = _check_network(job, network)
+    network, parser = parse_onnx(job, builder, logger)
+    io = check_network(job, network)
     config = builder.create_builder_config()
-    use = _CacheUse()
-    calibrator, fallback = _configure(job, builder, network, config, use)
-    timing = _load_timing_cache(config, job.timing_cache, label)  # kept alive until built
+    use = CacheUse()
+    calibrator, fallback = configure_builder(job, builder, network, config, use)
+    timing = load_timing_cache(config, job.timing_cache, label)  # kept alive until built
     monitor = None
     if job.progress and hasattr(trt, "IProgressMonitor"):
-        monitor = _progress_monitor(label)
+        monitor = progress_monitor(label)
         config.progress_monitor = monitor
     t0 = time.monotonic()
     plan = builder.build_serialized_network(network, config)
     took = time.monotonic() - t0
     if plan is None or plan.nbytes == 0:
-        why = "; ".join(_LOG.errors[-4:]) or "TensorRT gave no reason"
+        why = "; ".join(LOG.errors[-4:]) or "TensorRT gave no reason"
         if use.asked_for_batches:
             raise EngineBuildError(
                 f"TensorRT {job.tensorrt} rejected the calibration cache {job.calibration_cache} "
@@ -132,11 +132,11 @@ def run_build_job(job: BuildJob) -> Path:
             f"building {label} failed: {why}. If the process was killed or ran out of memory, "
             "pass a smaller --workspace (e.g. 256), add swap, or close the desktop session"
         )
-    _save_timing_cache(config, job.timing_cache, label)
+    save_timing_cache(config, job.timing_cache, label)
     sidecar_path(job.engine).unlink(missing_ok=True)  # never a stale sidecar beside new bytes
     write_bytes(job.engine, memoryview(plan))
     write_sidecar(job.engine, _sidecar_info(job, io, fallback, took))
-    _say(label, f"wrote {job.engine} ({plan.nbytes / 1e6:.1f} MB) in {took:.1f} s")
+    say(label, f"wrote {job.engine} ({plan.nbytes / 1e6:.1f} MB) in {took:.1f} s")
     del parser, calibrator, timing, monitor
     return job.engine
 
@@ -145,14 +145,14 @@ def build_engines(bundle_path: str | os.PathLike[str], cfg: BuildConfig) -> list
     """``edge build``: plan with the installed TensorRT (feature-tested) and this device, build
     every selected engine that is not already current (all of them with ``cfg.force``); returns
     the engine paths in bundle order."""
-    caps = feature_check(_import_tensorrt())
+    caps = feature_check(import_tensorrt())
     device = probe_jetson()
     gpu = gpu_identity(device)
     bundle = load_bundle(Path(bundle_path))
     jobs = plan_build(bundle, cfg, caps.version, device, gpu=gpu, caps=caps)
     for job in jobs:
         if not cfg.force and engine_is_current(job):
-            _say(job.label, f"up to date: {job.engine} (pass --force to rebuild)")
+            say(job.label, f"up to date: {job.engine} (pass --force to rebuild)")
         else:
             run_build_job(job)
     return [job.engine for job in jobs]

@@ -1,7 +1,7 @@
 """The INT8 calibrators of an implicit-INT8 build (TensorRT 8.5-10.x).
 
-``_cache_calibrator`` hands TensorRT the bundle's cache from ``edge calibrate`` and never
-calibrates; ``_calibration_batches`` feeds ``edge.calib``'s calibrator when the build calibrates
+``cache_calibrator`` hands TensorRT the bundle's cache from ``edge calibrate`` and never
+calibrates; ``calibration_batches`` feeds ``edge.calib``'s calibrator when the build calibrates
 on the spot from a frame source (``--calibrate-data``).
 """
 
@@ -28,15 +28,13 @@ _CACHE_ALGORITHMS = {
 
 
 @dataclass
-class _CacheUse:
+class CacheUse:
     """Set by the cache-only calibrator when TensorRT asked it for batches."""
 
     asked_for_batches: bool = False
 
 
-def _cache_calibrator(
-    data: bytes, algorithm: str, batch: int, use: _CacheUse
-) -> trt.IInt8Calibrator:
+def cache_calibrator(data: bytes, algorithm: str, batch: int, use: CacheUse) -> trt.IInt8Calibrator:
     """A calibrator that only hands TensorRT an existing cache.
 
     TensorRT calls ``read_calibration_cache`` first; when it accepts the cache (same TensorRT
@@ -71,7 +69,7 @@ def _cache_calibrator(
     return _CacheOnly()
 
 
-def _calibration_batches(job: BuildJob) -> Iterator[dict[str, np.ndarray]]:
+def calibration_batches(job: BuildJob) -> Iterator[dict[str, np.ndarray]]:
     """Feeds for calibrating ``job.part`` on the spot: frames through the runtime preprocessing;
     for a head, the trunk's taps computed with ONNX Runtime (the same tensors it will see)."""
     from edge.runtime.backends.base import create_backend

@@ -1,8 +1,8 @@
 """What ``edge build`` prints: its own lines, TensorRT's log and the build's progress.
 
 Everything goes to stderr as ``[build <part>.<precision>] ...``. TensorRT keeps the first logger
-it is given for the whole process, so ``_logger`` makes one and points it at the current job;
-the errors it collects go into ``EngineBuildError`` messages. ``_progress_monitor`` prints the
+it is given for the whole process, so ``trt_logger`` makes one and points it at the current job;
+the errors it collects go into ``EngineBuildError`` messages. ``progress_monitor`` prints the
 top build phases (TensorRT 10+).
 """
 
@@ -20,12 +20,12 @@ else:
     from edge.convert.lazy_tensorrt import trt
 
 
-def _say(label: str, msg: str) -> None:
+def say(label: str, msg: str) -> None:
     print(f"[build {label}] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass
-class _LogState:
+class LogState:
     """What the process-wide logger reports to: the current job's label and its errors."""
 
     label: str = ""
@@ -33,14 +33,14 @@ class _LogState:
     errors: list[str] = field(default_factory=list)
 
 
-_LOG = _LogState()
+LOG = LogState()
 _LOGGER: list[trt.ILogger] = []
 
 
-def _logger(label: str, verbose: bool) -> trt.ILogger:
+def trt_logger(label: str, verbose: bool) -> trt.ILogger:
     """One TensorRT logger per process (TensorRT keeps the first one it is given); it prints
     warnings and errors (everything with ``verbose``) and keeps the errors for messages."""
-    _LOG.label, _LOG.verbose, _LOG.errors = label, verbose, []
+    LOG.label, LOG.verbose, LOG.errors = label, verbose, []
     if not _LOGGER:
 
         class _Logger(trt.ILogger):
@@ -49,15 +49,15 @@ def _logger(label: str, verbose: bool) -> trt.ILogger:
 
             def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
                 if int(severity) <= int(trt.ILogger.ERROR):
-                    _LOG.errors.append(msg)
-                if int(severity) <= int(trt.ILogger.WARNING) or _LOG.verbose:
-                    _say(_LOG.label, f"TensorRT {severity.name}: {msg}")
+                    LOG.errors.append(msg)
+                if int(severity) <= int(trt.ILogger.WARNING) or LOG.verbose:
+                    say(LOG.label, f"TensorRT {severity.name}: {msg}")
 
         _LOGGER.append(_Logger())
     return _LOGGER[0]
 
 
-def _progress_monitor(label: str) -> trt.IProgressMonitor:
+def progress_monitor(label: str) -> trt.IProgressMonitor:
     """An IProgressMonitor (TensorRT 10+) printing the top phases' start, steps and end.
     TensorRT calls it from several threads, hence the lock."""
 
@@ -76,7 +76,7 @@ def _progress_monitor(label: str) -> trt.IProgressMonitor:
                 self._depth[phase_name], self._steps[phase_name] = depth, num_steps
                 self._t0[phase_name] = time.monotonic()
                 if depth <= 1:
-                    _say(label, f"{'  ' * depth}{phase_name} ({num_steps} steps)")
+                    say(label, f"{'  ' * depth}{phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             with self._lock:
@@ -93,6 +93,6 @@ def _progress_monitor(label: str) -> trt.IProgressMonitor:
                 if depth <= 1:
                     if self._tty:
                         sys.stderr.write("\r\033[K")
-                    _say(label, f"{'  ' * depth}{phase_name} done in {took:.1f} s")
+                    say(label, f"{'  ' * depth}{phase_name} done in {took:.1f} s")
 
     return _Progress()

@@ -1,10 +1,10 @@
 """The TensorRT network and builder config of one build job.
 
-``_parse`` reads the job's ONNX into a network (with the job's creation flags) and names every
-parser error; ``_check_network`` compares its inputs and outputs with the manifest;
-``_configure`` sets the memory pool, builder flags, optimization profile, INT8 calibrator and
-DLA core (reporting the layers that fall back to the GPU); ``_load_timing_cache`` and
-``_save_timing_cache`` keep the device's timing cache across builds.
+``parse_onnx`` reads the job's ONNX into a network (with the job's creation flags) and names every
+parser error; ``check_network`` compares its inputs and outputs with the manifest;
+``configure_builder`` sets the memory pool, builder flags, optimization profile, INT8 calibrator and
+DLA core (reporting the layers that fall back to the GPU); ``load_timing_cache`` and
+``save_timing_cache`` keep the device's timing cache across builds.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.convert.build_calibrators import _cache_calibrator, _CacheUse, _calibration_batches
+from edge.convert.build_calibrators import CacheUse, cache_calibrator, calibration_batches
 from edge.convert.build_config import BuildJob
-from edge.convert.build_log import _LOG, _say
+from edge.convert.build_log import LOG, say
 from edge.errors import EngineBuildError
 from edge.files import write_bytes
 
@@ -24,7 +24,7 @@ else:
     from edge.convert.lazy_tensorrt import trt
 
 
-def _parser_errors(parser: trt.OnnxParser) -> list[str]:
+def parser_errors(parser: trt.OnnxParser) -> list[str]:
     """Each ONNX parser error as 'node <name> (<op>): <description>' where TensorRT says."""
     out: list[str] = []
     for i in range(parser.num_errors):
@@ -40,7 +40,7 @@ def _dims(shape: trt.Dims) -> list[int]:
     return [int(shape[i]) for i in range(len(shape))]
 
 
-def _load_timing_cache(
+def load_timing_cache(
     config: trt.IBuilderConfig, path: Path | None, label: str
 ) -> trt.ITimingCache | None:
     """Attach the timing cache file (a fresh cache when absent or from another device/TRT)."""
@@ -49,13 +49,13 @@ def _load_timing_cache(
     data = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(data)
     if cache is None or not config.set_timing_cache(cache, False):
-        _say(label, f"timing cache {path} is from another device or TensorRT; starting afresh")
+        say(label, f"timing cache {path} is from another device or TensorRT; starting afresh")
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, False)
     return cache
 
 
-def _save_timing_cache(config: trt.IBuilderConfig, path: Path | None, label: str) -> None:
+def save_timing_cache(config: trt.IBuilderConfig, path: Path | None, label: str) -> None:
     """Merge this build's timings into the file (a parallel build may have grown it since it
     was read) and replace it atomically."""
     if path is None:
@@ -69,10 +69,10 @@ def _save_timing_cache(config: trt.IBuilderConfig, path: Path | None, label: str
         if disk is not None and disk.combine(ours, False):
             merged = disk
     write_bytes(path, bytes(memoryview(merged.serialize())))
-    _say(label, f"timing cache saved to {path}")
+    say(label, f"timing cache saved to {path}")
 
 
-def _dla_fallbacks(network: trt.INetworkDefinition, config: trt.IBuilderConfig) -> list[str]:
+def dla_fallbacks(network: trt.INetworkDefinition, config: trt.IBuilderConfig) -> list[str]:
     """The layers DLA cannot run with this config (they go to the GPU), asked before building."""
     out: list[str] = []
     for i in range(network.num_layers):
@@ -82,12 +82,12 @@ def _dla_fallbacks(network: trt.INetworkDefinition, config: trt.IBuilderConfig) 
     return out
 
 
-def _configure(
+def configure_builder(
     job: BuildJob,
     builder: trt.Builder,
     network: trt.INetworkDefinition,
     config: trt.IBuilderConfig,
-    use: _CacheUse,
+    use: CacheUse,
 ) -> tuple[trt.IInt8Calibrator | None, list[str]]:
     """Pools, flags, profile, INT8 calibrator and DLA; returns (calibrator, DLA fallbacks)."""
     if job.workspace_bytes:
@@ -109,14 +109,14 @@ def _configure(
     calibrator: trt.IInt8Calibrator | None = None
     if job.calibration_cache is not None and job.calibration_algorithm is not None:
         data = job.calibration_cache.read_bytes()
-        calibrator = _cache_calibrator(data, job.calibration_algorithm, job.inputs[0].opt[0], use)
+        calibrator = cache_calibrator(data, job.calibration_algorithm, job.inputs[0].opt[0], use)
     elif job.calibrate_source is not None and job.calibrate_cache is not None:
         from edge.calib.trt_calibrator import make_calibrator
 
         job.calibrate_cache.parent.mkdir(parents=True, exist_ok=True)
         calibrator = make_calibrator(
             job.calibrate_kind,
-            _calibration_batches(job),
+            calibration_batches(job),
             job.calibrate_cache,
             [s.name for s in job.inputs],
             target=job.tensorrt,
@@ -139,10 +139,10 @@ def _configure(
         config.DLA_core = job.dla_core
         if job.gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        fallback = _dla_fallbacks(network, config)
+        fallback = dla_fallbacks(network, config)
         total = network.num_layers
         shown = f": {', '.join(fallback[:20])}" if fallback else ""
-        _say(
+        say(
             job.label,
             f"DLA core {job.dla_core}: {total - len(fallback)} of {total} layers "
             f"on DLA, {len(fallback)} fall back to the GPU{shown}",
@@ -155,7 +155,7 @@ def _configure(
     return calibrator, fallback
 
 
-def _check_network(job: BuildJob, network: trt.INetworkDefinition) -> dict[str, Any]:
+def check_network(job: BuildJob, network: trt.INetworkDefinition) -> dict[str, Any]:
     """Compare the parsed network's I/O with the manifest; return it for the sidecar."""
     io: dict[str, list[dict[str, Any]]] = {"inputs": [], "outputs": []}
     for i in range(network.num_inputs):
@@ -181,7 +181,7 @@ def _check_network(job: BuildJob, network: trt.INetworkDefinition) -> dict[str, 
     return io
 
 
-def _parse(
+def parse_onnx(
     job: BuildJob, builder: trt.Builder, logger: trt.ILogger
 ) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
     flags = 0
@@ -192,7 +192,7 @@ def _parse(
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(job.onnx)):
-        errors = _parser_errors(parser) or _LOG.errors or ["no error text"]
+        errors = parser_errors(parser) or LOG.errors or ["no error text"]
         hint = ""
         if any("UINT8" in e.upper() for e in errors):
             hint = (

@@ -10,7 +10,7 @@ modules take it as
         from edge.convert.lazy_tensorrt import trt
 
 so that for mypy ``trt`` is the real module and every call is checked against the repaired
-stubs. ``_import_tensorrt`` says where to get TensorRT when it is missing.
+stubs. ``import_tensorrt`` says where to get TensorRT when it is missing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from edge.errors import MissingDependencyError
 
 
-def _import_tensorrt() -> Any:
+def import_tensorrt() -> Any:
     try:
         return importlib.import_module("tensorrt")
     except ImportError as e:
@@ -36,7 +36,7 @@ class _LazyTensorRT:
     """Stands in for the ``tensorrt`` module; imports it on the first attribute access."""
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(_import_tensorrt(), name)
+        return getattr(import_tensorrt(), name)
 
 
 trt = _LazyTensorRT()

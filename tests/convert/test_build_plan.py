@@ -386,7 +386,7 @@ def test_builder_options_are_carried_and_checked(bundle: Bundle) -> None:
 
 
 def test_calibration_feeds_go_through_the_runtime_preprocessing(dynamic_bundle: Bundle) -> None:
-    from edge.convert.build_calibrators import _calibration_batches
+    from edge.convert.build_calibrators import calibration_batches
     from edge.runtime.backends.base import create_backend
 
     cfg = BuildConfig(
@@ -396,11 +396,11 @@ def test_calibration_feeds_go_through_the_runtime_preprocessing(dynamic_bundle: 
         parts=("trunk", "mask"),
     )
     trunk, head = plan_build(dynamic_bundle, cfg, "10.3.0", AGX_ORIN)
-    feeds = list(_calibration_batches(trunk))
+    feeds = list(calibration_batches(trunk))
     assert len(feeds) == 3  # opt batch 1, stopped at calibrate_frames
     assert set(feeds[0]) == {"image"}
     assert feeds[0]["image"].shape == (1, 32, 32, 3) and feeds[0]["image"].dtype == np.uint8
-    head_feeds = list(_calibration_batches(head))
+    head_feeds = list(calibration_batches(head))
     assert set(head_feeds[0]) == {s.name for s in head.inputs}  # the trunk's taps
     with create_backend("onnxruntime").load(dynamic_bundle.path("trunk")) as ort:
         taps = ort.run(feeds[1])
