@@ -8,13 +8,14 @@ activation fused onto a conv): in implicit INT8, a layer whose tensor has no sca
 FP16/FP32, so a cache that leaves out e.g. the ReLU output feeding a Concat silently costs speed.
 
 How: a copy of each graph lists those tensors as extra outputs (batch dimension made dynamic);
-batches are fed one at a time (in chunks of at most ``ACTIVATION_BUDGET`` bytes of outputs) and
-each output only updates its ``TensorStats`` (a fixed-size histogram), so no activation outlives
-its chunk. Tensors that only rearrange others (Concat, Transpose, Reshape...: ``derived_tensors``)
+batches are fed in chunks of at most ``stream.ACTIVATION_BUDGET`` bytes of outputs, ONNX Runtime
+running chunk k+1 on a worker thread while chunk k is binned (``stream.run_ahead``), and each
+output only updates its ``TensorStats`` (a fixed-size histogram), so no activation outlives its
+chunk. Tensors that only rearrange others (Concat, Transpose, Reshape...: ``derived_tensors``)
 are not fetched: their statistics are merged from their sources', exactly. Heads are fed the
-trunk's tap outputs of the
-same batch, and a tap's statistics are collected once, on the trunk side: every head shares the
-very same ``TensorStats`` object, so a tap gets one scale in the trunk cache and every head cache.
+trunk's tap outputs of the same batch, and a tap's statistics are collected once, on the trunk
+side: every head shares the very same ``TensorStats`` object, so a tap gets one scale in the
+trunk cache and every head cache.
 
 ``map_tensors`` finds, for a graph that computes the same values as others (the fused graph vs
 the trunk and heads), which tensor of which part each of its tensors is, by structural
