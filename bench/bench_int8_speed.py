@@ -8,7 +8,9 @@ Models (all the bundle's fused graph, dynamic batch):
 - INT8 ORT QDQ: ``quantize_static`` with QInt8 symmetric activations (the comparison model of
   ``bench_calib_vs_ort.py``), for reference;
 - INT8 ORT U8S8: ``quantize_static`` with ONNX Runtime's own CPU recipe (asymmetric uint8
-  activations, int8 per-channel weights), the fastest int8 form ORT's x86 kernels have.
+  activations, int8 per-channel weights), the fastest int8 form ORT's x86 kernels have;
+- INT8 ORT U8S8 conv-only: the same with only the convolutions quantized (each becomes one
+  QLinearConv, everything else stays float): what ORT's integer convolutions alone are worth.
 
 Each iteration runs every model once on the same frames (order rotated), so the ratios come from
 one run under the same machine load. Prints median latency per model and the ratio to FP32.
@@ -66,7 +68,9 @@ def op_profile(path: Path, x: np.ndarray, threads: int, runs: int = 50) -> dict[
     return {op: us / runs / 1e3 for op, us in per_op.most_common()}
 
 
-def _ort_quantized(fp32: Path, out: Path, frames: np.ndarray, uint8: bool) -> Path:
+def _ort_quantized(
+    fp32: Path, out: Path, frames: np.ndarray, uint8: bool, ops: list[str] | None = None
+) -> Path:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -89,7 +93,7 @@ def _ort_quantized(fp32: Path, out: Path, frames: np.ndarray, uint8: bool) -> Pa
         activation_type=QuantType.QUInt8 if uint8 else QuantType.QInt8,
         weight_type=QuantType.QInt8, per_channel=True,
         calibrate_method=CalibrationMethod.MinMax if uint8 else CalibrationMethod.Entropy,
-        extra_options=extra,
+        extra_options=extra, op_types_to_quantize=ops,
     )  # fmt: skip
     return out
 
@@ -134,6 +138,9 @@ def main() -> None:
                                                        frames.inputs, uint8=False)  # fmt: skip
         paths["INT8 ORT U8S8"] = _ort_quantized(paths["FP32"], work / "ort_u8.onnx",
                                                 frames.inputs, uint8=True)  # fmt: skip
+        paths["INT8 ORT U8S8 conv-only"] = _ort_quantized(
+            paths["FP32"], work / "ort_u8_conv.onnx", frames.inputs, uint8=True, ops=["Conv"]
+        )
         sessions = {k: _session(p, args.threads) for k, p in paths.items()}
         threads = args.threads or "default"
         print(f"\n{bundle.config.name}, fused graph, ONNX Runtime {ort.__version__} CPU, "
