@@ -33,6 +33,7 @@ import torch
 from edge.checkpoint import save_checkpoint
 from edge.config import ModelConfig, demo_config
 from edge.convert.bundle import ConvertConfig, convert_checkpoint
+from edge.errors import EdgeError
 from edge.manifest import load_bundle
 from edge.model import ETRNLP
 from edge.runtime.backends.ort import OnnxRuntimeBackend, OrtOptions
@@ -42,7 +43,14 @@ from edge.runtime.preprocess import frames_to_input
 def build_bundle(config: ModelConfig, folder: Path) -> Path:
     out = folder / "bundle"
     if (out / "manifest.json").is_file():
-        return out
+        try:
+            if load_bundle(out).merged_heads or len(config.tasks) == 1:
+                return out  # reuse a --workdir bundle, unless an older convert made it
+        except EdgeError:
+            pass  # unreadable: build it again
+        import shutil
+
+        shutil.rmtree(out)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     ckpt = save_checkpoint(folder / "model.pt", ETRNLP(config).eval(), {"metrics": {}})
