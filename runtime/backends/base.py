@@ -56,9 +56,9 @@ if TYPE_CHECKING:
     from edge.manifest import Bundle
 
 Dim = int | str | None
+"""A dimension: an int when fixed, a symbol (``"batch"``) or None when dynamic."""
 
 _B = TypeVar("_B", bound="Backend")
-"""A dimension: an int when fixed, a symbol (``"batch"``) or None when dynamic."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def dtype_name(dtype: np.dtype[Any]) -> str:
 
 def concrete_shape(meta: TensorMeta) -> tuple[int, ...]:
     """The shape of an actual tensor (every dim a number: taps and outputs, not declarations)."""
-    dims = tuple(d for d in meta.shape if isinstance(d, int))
+    dims = tuple(int(d) for d in meta.shape if isinstance(d, int | np.integer))
     if len(dims) != len(meta.shape):
         raise InternalError(f"tensor '{meta.name}' has symbolic dims {meta.shape} after a run")
     return dims

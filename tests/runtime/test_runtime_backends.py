@@ -9,8 +9,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge.errors import ConfigError, InputContractError, MissingDependencyError
-from edge.runtime.backends.base import BACKENDS, TensorMeta, backend_class, create_backend
+from edge.errors import ConfigError, InputContractError, InternalError, MissingDependencyError
+from edge.runtime.backends.base import (
+    BACKENDS,
+    TensorMeta,
+    backend_class,
+    concrete_shape,
+    create_backend,
+    dtype_name,
+)
 from edge.runtime.backends.ort import OnnxRuntimeBackend, OrtOptions
 from tiny_models import make_tiny_bundle
 
@@ -167,3 +174,12 @@ def test_ort_options_are_validated() -> None:
         OrtOptions(graph_optimization="max")
     with pytest.raises(ConfigError, match=">= 0"):
         OrtOptions(intra_op_threads=-1)
+
+
+def test_concrete_shape_and_dtype_name() -> None:
+    assert concrete_shape(TensorMeta("t", (2, np.int64(3), 4), "float32")) == (2, 3, 4)
+    with pytest.raises(InternalError, match="symbolic"):
+        concrete_shape(TensorMeta("t", ("batch", 3), "float32"))
+    for dt in (np.float32, np.uint8, np.float16):
+        assert dtype_name(np.dtype(dt)) == np.dtype(dt).name
+        assert dtype_name(np.zeros(1, dt).dtype) == np.dtype(dt).name  # memoised, same answer
