@@ -15,21 +15,20 @@ stubs. ``import_tensorrt`` says where to get TensorRT when it is missing.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from edge.errors import MissingDependencyError
+from edge.errors import import_optional
 
 
 def import_tensorrt() -> Any:
-    try:
-        return importlib.import_module("tensorrt")
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"edge build needs TensorRT's Python bindings, which are not importable here ({e}). "
-            "Build engines on the device: JetPack ships them (jetson/setup.sh makes them visible "
-            "in the venv); on a desktop GPU install NVIDIA's tensorrt wheel"
-        ) from e
+    return import_optional(
+        "tensorrt",
+        lambda e: (
+            f"edge build needs TensorRT's Python bindings, which are not importable here "
+            f"({e}). Build engines on the device: JetPack ships them (jetson/setup.sh makes them "
+            "visible in the venv); on a desktop GPU install NVIDIA's tensorrt wheel"
+        ),
+    )
 
 
 class _LazyTensorRT:

@@ -7,6 +7,9 @@ do about it. The CLI prints ``EdgeError`` messages without a traceback and exits
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class EdgeError(Exception):
     """A problem with the user's input, files or environment: fixable by the user."""
@@ -98,14 +101,23 @@ class InternalError(Exception):
     """A bug in etr-edge, not a user error. Deliberately not an EdgeError."""
 
 
-def require(module: str, *, extra: str, purpose: str) -> object:
-    """Import an optional dependency or raise a MissingDependencyError saying how to get it."""
+def import_optional(module: str, missing: Callable[[ImportError], str]) -> Any:
+    """Import an optional dependency; when it is not importable, raise MissingDependencyError
+    with ``missing(the ImportError)``: what needs it and how to get it."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingDependencyError(
+        raise MissingDependencyError(missing(e)) from e
+
+
+def require(module: str, *, extra: str, purpose: str) -> object:
+    """Import an optional dependency or raise a MissingDependencyError saying how to get it."""
+    return import_optional(
+        module,
+        lambda e: (
             f"{purpose} needs the Python package '{module}', which is not importable ({e}); "
             f"install it with: pip install 'etr-edge[{extra}]'"
-        ) from e
+        ),
+    )

@@ -38,7 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ConfigError, EdgeError, InputContractError, MissingDependencyError
+from edge.errors import (
+    ConfigError,
+    EdgeError,
+    InputContractError,
+    MissingDependencyError,
+    import_optional,
+)
 from edge.runtime.sidecar import read_sidecar, verify_engine
 from edge.trt_version import TrtVersion
 
@@ -56,13 +62,13 @@ GRAPH_ADVICE = (
 
 def pycuda_driver() -> Any:
     """``pycuda.driver``, or MissingDependencyError saying how to get it."""
-    try:
-        return importlib.import_module("pycuda.driver")
-    except ImportError as e:
-        raise MissingDependencyError(
+    return import_optional(
+        "pycuda.driver",
+        lambda e: (
             f"the tensorrt backend needs pycuda for device memory and streams ({e}); "
             + PYCUDA_ADVICE
-        ) from e
+        ),
+    )
 
 
 def cudart_module() -> Any | None:
@@ -285,14 +291,14 @@ class CudaGraph:
 
 def tensorrt_module() -> Any:
     """``tensorrt``, or MissingDependencyError saying where it comes from."""
-    try:
-        return importlib.import_module("tensorrt")
-    except ImportError as e:
-        raise MissingDependencyError(
+    return import_optional(
+        "tensorrt",
+        lambda e: (
             f"the tensorrt backend needs TensorRT's Python bindings ({e}); they come with "
             "JetPack (jetson/setup.sh makes them visible in the venv) or NVIDIA's tensorrt "
             "wheel; use --backend onnxruntime on this machine"
-        ) from e
+        ),
+    )
 
 
 def tensorrt_version_from_metadata() -> TrtVersion | None:
