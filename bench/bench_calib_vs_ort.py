@@ -146,40 +146,6 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Any, Any, Any]:
     return bundle, held, fused
 
 
-def frame_terms(spec: Any, raw: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """(frames, k) additive per-frame terms of the task's primary metric (``metric_of`` turns
-    their sums into the metric): what a bootstrap over frames resamples."""
-    from edge.metrics import upsample_logits
-
-    n = len(target)
-    if spec.kind == "classification":
-        return np.stack([raw.argmax(axis=1) == target, np.ones(n)], axis=1).astype(np.float64)
-    if spec.kind == "multilabel":
-        pred = raw >= np.log(spec.threshold / (1 - spec.threshold))
-        hits = (pred == (target > 0.5)).reshape(n, -1).mean(axis=1)
-        return np.stack([hits, np.ones(n)], axis=1)
-    if spec.kind == "regression":
-        err = np.abs(raw.reshape(target.shape) - target) * abs(spec.scale)
-        return np.stack([err.reshape(n, -1).mean(axis=1), np.ones(n)], axis=1)
-    pred = upsample_logits(raw, target.shape[-2:]).argmax(axis=1)
-    cols = []
-    for c in range(1, spec.num_outputs):  # foreground classes: intersection, union per frame
-        p, t = (pred == c).reshape(n, -1), (target == c).reshape(n, -1)
-        cols += [(p & t).sum(axis=1), (p | t).sum(axis=1)]
-    return np.stack(cols, axis=1).astype(np.float64)
-
-
-def metric_of(spec: Any, sums: np.ndarray) -> np.ndarray:
-    """The primary metric from summed ``frame_terms`` (``sums``: (..., k))."""
-    if spec.kind in ("classification", "multilabel"):
-        return 100.0 * sums[..., 0] / sums[..., 1]
-    if spec.kind == "regression":
-        return sums[..., 0] / sums[..., 1]
-    inter, union = sums[..., 0::2], sums[..., 1::2]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return 100.0 * np.nanmean(np.where(union > 0, inter / union, np.nan), axis=-1)
-
-
 def evaluate(
     bundle: Any, held: Any, models: dict[str, Path], batch: int, resamples: int = 2000
 ) -> dict[str, Any]:
@@ -190,7 +156,7 @@ def evaluate(
 
     from edge.calib.collect import BatchRunner
     from edge.calib.report import task_targets
-    from edge.metrics import PRIMARY, TaskScorer, agreement
+    from edge.metrics import PRIMARY, agreement, frame_terms, primary_from_terms
 
     outs: dict[str, dict[str, np.ndarray]] = {}
     for name, path in models.items():
@@ -211,14 +177,12 @@ def evaluate(
             row["metric"] = "agreement"
             table[t] = row
             continue
+        # per-frame terms (what TaskScorer sums): the metric of any resample of the frames
         terms = {name: frame_terms(spec, per_task[t], target) for name, per_task in outs.items()}
-        for name, per_task in outs.items():
-            sc = TaskScorer(spec)
-            sc.update(per_task[t], target)
-            row[name] = sc.result()[PRIMARY[spec.kind]]
-            assert abs(row[name] - float(metric_of(spec, terms[name].sum(axis=0)))) < 1e-6
+        for name, tt in terms.items():
+            row[name] = float(primary_from_terms(spec, tt.sum(axis=0)))
         idx = rng.integers(0, len(target), size=(resamples, len(target)))
-        diff = metric_of(spec, terms["ours"][idx].sum(axis=1)) - metric_of(
+        diff = primary_from_terms(spec, terms["ours"][idx].sum(axis=1)) - primary_from_terms(
             spec, terms["ort"][idx].sum(axis=1)
         )
         row["ci"] = (float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5)))

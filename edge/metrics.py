@@ -24,53 +24,72 @@ PRIMARY = {
 HIGHER_IS_BETTER = {"accuracy": True, "iou": True, "mae": False, "agreement": True}
 
 
+def frame_terms(spec: TaskSpec, raw: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(frames, k) per-frame additive terms of the task's metrics: summed over any set of frames
+    they give that set's metrics (``metrics_from_terms``). What ``TaskScorer`` accumulates, and
+    what a bootstrap over frames resamples.
+
+    classification / multilabel: [correct share, 1]; regression: [mean |error| in the task's
+    unit, 1]; segmentation: [correct pixels, pixels, then per foreground class c: intersection,
+    union]."""
+    n = len(target)
+    one = np.ones(n)
+    kind = spec.kind
+    if kind == "classification":
+        return np.stack([raw.argmax(axis=1) == target, one], axis=1).astype(np.float64)
+    if kind == "multilabel":
+        pred = raw >= np.log(spec.threshold / (1 - spec.threshold))
+        return np.stack([(pred == (target > 0.5)).reshape(n, -1).mean(axis=1), one], axis=1)
+    if kind == "regression":
+        err = np.abs(raw.reshape(target.shape) - target) * abs(spec.scale)
+        return np.stack([err.reshape(n, -1).mean(axis=1), one], axis=1)
+    pred = upsample_logits(raw, target.shape[-2:]).argmax(axis=1).reshape(n, -1)
+    flat = target.reshape(n, -1)
+    cols = [(pred == flat).sum(axis=1), np.full(n, flat.shape[1])]
+    for c in range(1, spec.num_outputs):
+        p, t = pred == c, flat == c
+        cols += [(p & t).sum(axis=1), (p | t).sum(axis=1)]
+    return np.stack(cols, axis=1).astype(np.float64)
+
+
+def primary_from_terms(spec: TaskSpec, sums: np.ndarray) -> np.ndarray:
+    """The primary metric (``PRIMARY``) from summed ``frame_terms``, ``sums``: (..., k)."""
+    if spec.kind in ("classification", "multilabel"):
+        return 100.0 * sums[..., 0] / sums[..., 1]
+    if spec.kind == "regression":
+        return sums[..., 0] / sums[..., 1]
+    inter, union = sums[..., 2::2], sums[..., 3::2]
+    seen = union > 0  # foreground classes present in prediction or target; none: IoU 1.0
+    ratio = np.divide(inter, union, out=np.zeros_like(inter), where=seen)
+    count = seen.sum(axis=-1)
+    return 100.0 * np.where(count > 0, ratio.sum(axis=-1) / np.maximum(count, 1), 1.0)
+
+
+def metrics_from_terms(spec: TaskSpec, sums: np.ndarray) -> dict[str, float]:
+    """Every metric of the task from summed ``frame_terms`` (one set of frames)."""
+    primary = {PRIMARY[spec.kind]: float(primary_from_terms(spec, sums))}
+    if spec.kind == "segmentation":
+        primary["pixel_accuracy"] = 100.0 * float(sums[0] / sums[1])
+    return primary
+
+
 class TaskScorer:
     """Accumulates one task's metric over batches: ``update(raw, target)`` then ``result()``."""
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
         self.n = 0
-        self.correct = 0.0
-        self.abs_err = 0.0
-        n_cls = spec.num_outputs
-        self.inter = np.zeros(n_cls, dtype=np.float64)
-        self.union = np.zeros(n_cls, dtype=np.float64)
-        self.pixels = 0
+        self.sums: np.ndarray | None = None
 
     def update(self, raw: np.ndarray, target: np.ndarray) -> None:
-        kind = self.spec.kind
-        if kind == "classification":
-            self.correct += float((raw.argmax(axis=1) == target).sum())
-            self.n += len(target)
-        elif kind == "multilabel":
-            pred = raw >= np.log(self.spec.threshold / (1 - self.spec.threshold))
-            self.correct += float((pred == (target > 0.5)).mean(axis=1).sum())
-            self.n += len(target)
-        elif kind == "regression":
-            err = np.abs(raw.reshape(target.shape) - target) * abs(self.spec.scale)
-            self.abs_err += float(err.mean(axis=tuple(range(1, err.ndim))).sum())
-            self.n += len(target)
-        else:
-            pred = upsample_logits(raw, target.shape[-2:]).argmax(axis=1)
-            for c in range(self.spec.num_outputs):
-                p, t = pred == c, target == c
-                self.inter[c] += np.logical_and(p, t).sum()
-                self.union[c] += np.logical_or(p, t).sum()
-            self.correct += float((pred == target).sum())
-            self.pixels += target.size
-            self.n += len(target)
+        terms = frame_terms(self.spec, raw, target).sum(axis=0)
+        self.sums = terms if self.sums is None else self.sums + terms
+        self.n += len(target)
 
     def result(self) -> dict[str, float]:
-        kind = self.spec.kind
-        if self.n == 0:
+        if self.n == 0 or self.sums is None:
             return {}
-        if kind in ("classification", "multilabel"):
-            return {"accuracy": 100.0 * self.correct / self.n}
-        if kind == "regression":
-            return {"mae": self.abs_err / self.n}
-        fg = [c for c in range(1, self.spec.num_outputs) if self.union[c] > 0]
-        iou = float(np.mean([self.inter[c] / self.union[c] for c in fg])) if fg else 1.0
-        return {"iou": 100.0 * iou, "pixel_accuracy": 100.0 * self.correct / self.pixels}
+        return metrics_from_terms(self.spec, self.sums)
 
 
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

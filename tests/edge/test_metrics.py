@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from edge.config import TaskSpec
-from edge.metrics import TaskScorer, agreement, upsample_logits
+from edge.metrics import (
+    TaskScorer,
+    agreement,
+    frame_terms,
+    metrics_from_terms,
+    primary_from_terms,
+    upsample_logits,
+)
 
 
 @pytest.mark.parametrize(
@@ -36,3 +43,20 @@ def test_scores_on_known_answers() -> None:
     assert seg.result()["iou"] == pytest.approx(50.0)  # 1 of 2 predicted pixels is right
     spec = TaskSpec("d", "classification", ("a", "b"))
     assert agreement(spec, np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])) == 0.0
+
+
+def test_frame_terms_give_the_metric_of_any_subset_of_frames() -> None:
+    """Summed per-frame terms reproduce TaskScorer on any subset, row by row when stacked (what
+    a bootstrap over frames relies on)."""
+    rng = np.random.default_rng(5)
+    seg = TaskSpec("m", "segmentation", ("bg", "fg"))
+    raw = rng.normal(size=(12, 2, 8, 8))
+    target = (rng.random((12, 16, 16)) > 0.7).astype(np.int64)
+    terms = frame_terms(seg, raw, target)
+    subsets = [np.arange(12), np.array([0, 0, 3, 7]), np.array([5])]
+    stacked = primary_from_terms(seg, np.stack([terms[s].sum(axis=0) for s in subsets]))
+    for k, s in enumerate(subsets):
+        sc = TaskScorer(seg)
+        sc.update(raw[s], target[s])
+        assert sc.result() == metrics_from_terms(seg, terms[s].sum(axis=0))
+        assert stacked[k] == pytest.approx(sc.result()["iou"])
