@@ -128,7 +128,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Any, Any, Any]:
 
     from edge.calib.collect import with_outputs
     from edge.calib.data import demo_line_holdout, sample_frames
-    from edge.manifest import load_bundle
+    from edge.core.manifest import load_bundle
 
     if args.bundle:
         root = Path(args.bundle)
@@ -156,7 +156,7 @@ def evaluate(
 
     from edge.calib.collect import BatchRunner
     from edge.calib.report import task_targets
-    from edge.metrics import PRIMARY, agreement, frame_terms, primary_from_terms
+    from edge.data.metrics import PRIMARY, agreement, frame_terms, primary_from_terms
 
     outs: dict[str, dict[str, np.ndarray]] = {}
     for name, path in models.items():

@@ -4,7 +4,7 @@ Targets (issue 5): all four demo tasks through the trunk once + four heads at le
 than four independent single-task networks of the same per-task width (each its own trunk + its
 head); one head of four at most 1.3x the trunk alone.
 
-The multi-task bundle is the demo model (``edge.config.demo_config()``: widths 16-32-64-96,
+The multi-task bundle is the demo model (``edge.core.config.demo_config()``: widths 16-32-64-96,
 gamma 0.9, 128x128). Each single-task network is the same ``ModelConfig`` with one task (same
 widths, gamma, primitives, seed), converted the same way (folded, exported, simplified).
 Untrained weights are fine for speed. Every arm runs through the runtime's backend API
@@ -30,14 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge.checkpoint import save_checkpoint
-from edge.config import ModelConfig, demo_config
 from edge.convert.bundle import ConvertConfig, convert_checkpoint
-from edge.errors import EdgeError
-from edge.manifest import load_bundle
-from edge.model import ETRNLP
+from edge.core.config import ModelConfig
+from edge.core.errors import EdgeError
+from edge.core.manifest import load_bundle
+from edge.core.preprocess import frames_to_input
+from edge.data.demo_line import demo_config
+from edge.family.checkpoint import save_checkpoint
+from edge.family.model import ETRNLP
 from edge.runtime.backends.ort import OnnxRuntimeBackend, OrtOptions
-from edge.runtime.preprocess import frames_to_input
 
 
 def build_bundle(config: ModelConfig, folder: Path) -> Path:
@@ -107,7 +108,7 @@ def bench(multi: Path, singles: dict[str, Path], opts: OrtOptions, iters: int) -
     s = {t: Split(p, opts) for t, p in singles.items()}
     tasks = list(m.heads)
     spec = load_bundle(multi).input
-    from edge.demo_line import render_frame
+    from edge.data.demo_line import render_frame
 
     x = frames_to_input([render_frame(0).image], spec)
 

@@ -17,10 +17,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edge.config import ModelConfig, TaskSpec, demo_config
 from edge.convert.export import ExportOptions, export_trunk
 from edge.convert.fold import fold_model
-from edge.model import ETRNLP
+from edge.core.config import ModelConfig, TaskSpec
+from edge.data.demo_line import demo_config
+from edge.family.model import ETRNLP
 
 TASK = (TaskSpec("defect", "classification", ("ok", "scratch", "hole", "stain")),)
 

@@ -112,7 +112,7 @@ def main() -> None:
     from edge.calib.collect import with_outputs
     from edge.calib.data import sample_frames
     from edge.calib.stage import CalibConfig, calibrate_bundle
-    from edge.manifest import load_bundle
+    from edge.core.manifest import load_bundle
 
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         work = Path(tmp)

@@ -30,13 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.config import demo_config
-from edge.demo_line import render_frame
-from edge.manifest import load_bundle
+from edge.core.manifest import load_bundle
+from edge.core.preprocess import resize_frame
+from edge.data.demo_line import demo_config, render_frame
 from edge.runtime.pipeline import Pipeline
-from edge.runtime.preprocess import resize_frame
 from edge.runtime.run import RunConfig, run_bundle
-from edge.runtime.sources import RawFrame, Source
+from edge.runtime.sources.base import RawFrame, Source
 
 
 class MemorySource(Source):

@@ -40,7 +40,7 @@ fi
 # is not found first through the current directory). tests/ goes after the package on the path:
 # tests/edge/ would otherwise shadow it as a namespace package.
 RUNDIR="$PWD"; REPO="$PWD"; PYTEST=(-m pytest)
-if ! $PY -c "import edge.convert.build, edge.runtime.backends.trt" >/dev/null 2>&1; then
+if ! $PY -c "import edge.convert.engine.build, edge.runtime.backends.trt" >/dev/null 2>&1; then
   PKG="$(mktemp -d)"; mkdir -p "$PKG/edge"
   for f in edge/*; do ln -s "$REPO/$f" "$PKG/edge/"; done
   for d in convert calib runtime jetson; do ln -s "$REPO/$d" "$PKG/edge/$d"; done
@@ -62,12 +62,12 @@ def say(*a): print(*a, flush=True)
 try:
     import tensorrt as trt
     from tiny_models import make_tiny_bundle
-    from edge.convert.build import BuildConfig, build_engines
-    from edge.manifest import load_bundle
+    from edge.convert.engine.build import BuildConfig, build_engines
+    from edge.core.manifest import load_bundle
     from edge.runtime.backends.base import create_backend
     from edge.runtime.backends.trt import TensorRTBackend, compare_with_onnxruntime
-    from edge.runtime.backends.trt_buffers import cudart_module
-    from edge.runtime.preprocess import frames_to_input
+    from edge.runtime.backends.trt_cuda import cudart_module
+    from edge.core.preprocess import frames_to_input
     info["tensorrt"] = trt.__version__
     t0 = time.time()
     root = make_tiny_bundle(Path(tempfile.mkdtemp()))

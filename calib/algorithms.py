@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edge.calib.histogram import TensorStats
-from edge.errors import CalibrationError, ConfigError
+from edge.core.errors import CalibrationError, ConfigError
 
 START_BIN = 128
 """First candidate threshold bin of the entropy search (TensorRT / pytorch-quantization)."""

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from edge.calib.algorithms import scale_from_amax
-from edge.errors import CalibrationError
-from edge.files import write_bytes
-from edge.trt_version import TrtVersion
+from edge.core.errors import CalibrationError
+from edge.core.files import write_bytes
+from edge.core.trt_version import TrtVersion
 
 TRT_ALGORITHMS = (
     "EntropyCalibration2",

@@ -37,7 +37,7 @@ from onnx import TensorProto, numpy_helper
 from edge.calib.algorithms import compute_amax
 from edge.calib.histogram import TensorStats
 from edge.calib.stream import Chunker, run_ahead, tune_allocator
-from edge.errors import CalibrationError
+from edge.core.errors import CalibrationError
 
 FLOAT_TYPES = frozenset(
     {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}

@@ -1,8 +1,8 @@
 """Calibration and evaluation frames: a source URI -> shuffled, preprocessed batches (+ labels).
 
-Frames come from the runtime's own sources (``edge.runtime.sources.open_source``: a video file,
+Frames come from the runtime's own sources (``edge.runtime.sources.uri.open_source``: a video file,
 an image folder, ``synthetic:`` for the demo line) and go through the runtime's one
-preprocessing function, ``edge.runtime.preprocess.frames_to_input``; nothing here resizes or
+preprocessing function, ``edge.core.preprocess.frames_to_input``; nothing here resizes or
 normalises by itself, so calibration sees exactly what deployment sees.
 
 Sampling: a finite source (video, folder, ``synthetic:?frames=N``) is read to its end (or to
@@ -14,8 +14,8 @@ these are already a random sample). The kept frames are shuffled with the same s
 
 Labels, where the source has them (used by the accuracy report only), keyed by label key:
 ``synthetic:`` -> the demo line's ground truth (``render_frame``), a video -> its sidecars
-(``edge.datasets.read_video_labels`` / ``read_video_masks``), a folder -> its ``labels.jsonl``
-(``edge.datasets.LabelledFolder``). Masks are resized (nearest) to the model's input size.
+(``edge.data.datasets.read_video_labels`` / ``read_video_masks``), a folder -> its ``labels.jsonl``
+(``edge.data.datasets.LabelledFolder``). Masks are resized (nearest) to the model's input size.
 """
 
 from __future__ import annotations
@@ -28,17 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from edge.datasets import LABELS_FILE, LabelledFolder, read_video_labels, read_video_masks
-from edge.errors import CalibrationError, DatasetError, SourceError
-from edge.runtime.preprocess import InputSpec, frames_to_input, resize_mask
-from edge.runtime.sources import Frame, Source, open_source, redact_uri
+from edge.core.errors import CalibrationError, DatasetError, SourceError
+from edge.core.preprocess import InputSpec, frames_to_input, resize_mask
+from edge.data.datasets import LABELS_FILE, LabelledFolder, read_video_labels, read_video_masks
+from edge.data.demo_line import HOLDOUT_OFFSET, render_frame
+from edge.runtime.sources.base import Frame, Source, redact_uri
+from edge.runtime.sources.uri import open_source
 
 MAX_READ = 100_000
 """Most frames read from a finite source to sample from (bounds the time spent decoding)."""
-
-HOLDOUT_OFFSET = 10_000_000
-"""Held-out demo-line frames start here (the value of ``edge.train.VAL_OFFSET``, which imports
-torch; ``tests/calib/test_calib_stage.py`` checks the two agree)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,7 +229,6 @@ def demo_line_holdout(uri: str, spec: InputSpec, count: int) -> FrameSet:
     Frames ``HOLDOUT_OFFSET ..``, the ones training never sees, with the URI's line settings
     (seed, size), rendered by the same ``render_frame`` the ``synthetic:`` source uses.
     """
-    from edge.demo_line import render_frame
 
     source = _open(uri, "evaluation data")
     config = getattr(source, "config", None)

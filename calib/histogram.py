@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import CalibrationError, InternalError
+from edge.core.errors import CalibrationError, InternalError
 
 NUM_BINS = 2048
 """Histogram bins over [0, range), as TensorRT and pytorch-quantization use."""

@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge.calib.algorithms import MIN_AMAX, scale_from_amax
 from edge.calib.collect import WEIGHTED_OPS, constant_tensors, tensor_types
-from edge.errors import CalibrationError
+from edge.core.errors import CalibrationError
 
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")

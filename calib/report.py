@@ -1,8 +1,9 @@
 """The INT8 accuracy report: FP32 vs the Q/DQ models on held-out frames, per task.
 
-- Each task's primary metric (``edge.metrics.PRIMARY``: accuracy, IoU x100, mean absolute
+- Each task's primary metric (``edge.data.metrics.PRIMARY``: accuracy, IoU x100, mean absolute
   error) under FP32 and under INT8, against the labels where the evaluation frames have them,
-  otherwise as agreement with FP32 (``edge.metrics.agreement``; FP32 is then 100 by definition).
+  otherwise as agreement with FP32 (``edge.data.metrics.agreement``; FP32 is then 100 by
+  definition).
   INT8 is measured twice: the split deployment (INT8 trunk -> INT8 heads, what the caches and
   the per-part engines run) and the fused graph.
 - The tensors with the worst quantization error: for every tensor that gets an activation Q/DQ,
@@ -26,9 +27,10 @@ import onnx
 
 from edge.calib.collect import BatchRunner
 from edge.calib.data import FrameSet
-from edge.config import TaskSpec
-from edge.errors import CalibrationError
-from edge.metrics import HIGHER_IS_BETTER, PRIMARY, TaskScorer, agreement
+from edge.core.config import TaskSpec
+from edge.core.errors import CalibrationError
+from edge.core.files import write_json
+from edge.data.metrics import HIGHER_IS_BETTER, PRIMARY, TaskScorer, agreement
 
 REPORT_FORMAT = "etr-edge-calibration-report"
 WORST_TENSORS = 10
@@ -131,10 +133,10 @@ def _run_fused(model: onnx.ModelProto, inp: ReportInputs, frames: FrameSet, batc
 
 
 def task_targets(spec: TaskSpec, frames: FrameSet, size: tuple[int, int]) -> np.ndarray | None:
-    """The task's target array for every frame (``edge.train.encode_target``), or None."""
+    """The task's target array for every frame (``edge.family.train.encode_target``), or None."""
     if not frames.has_labels(spec.label_key):
         return None
-    from edge.train import encode_target  # imports torch: only when labels are scored
+    from edge.family.train import encode_target  # imports torch: only when labels are scored
 
     rows = []
     for k, lab in enumerate(frames.labels):
@@ -355,7 +357,6 @@ def report_markdown(report: Mapping[str, Any]) -> str:
 
 def write_report(report: Mapping[str, Any], folder: Path) -> tuple[Path, Path]:
     """``folder/report.json`` and ``folder/report.md`` (each written atomically)."""
-    from edge.files import write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     js = write_json(folder / "report.json", _jsonable(report))

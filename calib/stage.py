@@ -47,10 +47,10 @@ from edge.calib.report import (
     build_report,
     write_report,
 )
-from edge.errors import BundleError, CalibrationError, EdgeError
-from edge.files import sha256_file, write_json
-from edge.manifest import MANIFEST, Bundle, load_bundle
-from edge.trt_version import DEFAULT_TARGET, TrtVersion
+from edge.core.errors import BundleError, CalibrationError, EdgeError
+from edge.core.files import sha256_file, write_json
+from edge.core.manifest import MANIFEST, Bundle, load_bundle
+from edge.core.trt_version import DEFAULT_TARGET, TrtVersion
 
 OUTPUT_DIRS = ("calib", "int8")
 

@@ -17,16 +17,16 @@ from typing import Any
 import onnx
 
 from edge import __version__
-from edge.checkpoint import load_checkpoint
-from edge.config import ModelConfig, TaskSpec
 from edge.convert.export import ExportOptions, export_parts, output_name, tap_names
 from edge.convert.fold import fold_model
 from edge.convert.simplify import simplify_and_check
 from edge.convert.verify import check_parts, demo_frames, enforce_tolerance
-from edge.errors import ExportError
-from edge.files import sha256_file, staged_dir, write_json
-from edge.manifest import FORMAT, FORMAT_VERSION, MANIFEST
-from edge.runtime.preprocess import InputSpec
+from edge.core.config import ModelConfig, TaskSpec
+from edge.core.errors import ExportError
+from edge.core.files import sha256_file, staged_dir, write_json
+from edge.core.manifest import FORMAT, FORMAT_VERSION, MANIFEST
+from edge.core.preprocess import InputSpec
+from edge.family.checkpoint import load_checkpoint
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from edge.config import ModelConfig, TaskSpec
-from edge.model import ETRNLP, Preprocess
+from edge.convert.merge import MERGED_PART, MergedHeads
+from edge.core.config import ModelConfig, TaskSpec
+from edge.family.model import ETRNLP, Preprocess
 
 IMAGE = "image"
 
@@ -64,7 +65,6 @@ class FusedGraph(nn.Module):
 
     def __init__(self, model: ETRNLP, in_graph: bool):
         super().__init__()
-        from edge.convert.merge import MergedHeads
 
         self.front, self.model = Front(model.config, in_graph), model
         self.merged = MergedHeads(model) if len(model.config.tasks) > 1 else None
@@ -132,8 +132,6 @@ def export_parts(model: ETRNLP, opts: ExportOptions) -> dict[str, bytes]:
             HeadGraph(model, t.name), shared, taps, [output_name(t)], opts
         )
     if len(cfg.tasks) > 1:
-        from edge.convert.merge import MERGED_PART, MergedHeads
-
         parts[MERGED_PART] = _export(
             MergedHeads(model), shared, taps, [output_name(t) for t in cfg.tasks], opts
         )

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edge.config import LINEAR_PRIMITIVES
-from edge.errors import ExportError
-from edge.model import ETRNLP, NLPBank, SharedLayer, TaskBranch, TaskLayer
-from edge.primitives import dense_kernel
+from edge.core.config import LINEAR_PRIMITIVES
+from edge.core.errors import ExportError
+from edge.family.model import ETRNLP, NLPBank, SharedLayer, TaskBranch, TaskLayer
+from edge.family.primitives import dense_kernel
 
 
 @dataclass

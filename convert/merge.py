@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edge.convert.fold import FoldedConv
-from edge.errors import ExportError
-from edge.model import ETRNLP, TaskBranch
+from edge.core.errors import ExportError
+from edge.family.model import ETRNLP, TaskBranch
 
 MERGED_PART = "heads_all"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from edge.errors import ExportError
+from edge.core.errors import ExportError
 
 
 def simplify_and_check(data: bytes, part: str) -> tuple[onnx.ModelProto, bool]:

@@ -14,8 +14,10 @@ import onnx
 import torch
 
 from edge.convert.export import IMAGE, output_name, tap_names
-from edge.errors import ExportError
-from edge.model import ETRNLP, Preprocess
+from edge.core.errors import ExportError
+from edge.core.preprocess import resize_frame
+from edge.data.demo_line import HOLDOUT_OFFSET, LineConfig, render_frame
+from edge.family.model import ETRNLP, Preprocess
 
 
 @dataclass(frozen=True)
@@ -32,14 +34,11 @@ class OutputCheck:
 
 def demo_frames(config_size: tuple[int, int], count: int, seed: int = 0) -> np.ndarray:
     """``count`` held-out demo-line frames at model size, uint8 (N, H, W, 3)."""
-    from edge.demo_line import LineConfig, render_frame
-    from edge.runtime.preprocess import resize_frame
-    from edge.train import VAL_OFFSET
 
     cfg = LineConfig(seed=seed)
     h, w = config_size
     return np.stack(
-        [resize_frame(render_frame(VAL_OFFSET + i, cfg).image, h, w) for i in range(count)]
+        [resize_frame(render_frame(HOLDOUT_OFFSET + i, cfg).image, h, w) for i in range(count)]
     )
 
 

@@ -13,19 +13,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge import __version__
-from edge.errors import EdgeError
+from edge.core.errors import EdgeError
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from edge.info import describe_checkpoint
+    from edge.family.info import describe_checkpoint
 
     print(describe_checkpoint(args.checkpoint, as_json=args.json))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from edge.config import ModelConfig, demo_config
-    from edge.train import TrainConfig, train
+    from edge.core.config import ModelConfig
+    from edge.data.demo_line import demo_config
+    from edge.family.train import TrainConfig, train
 
     if args.config:
         config = ModelConfig.from_json(Path(args.config).read_text())
@@ -109,7 +110,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from edge.convert.build import BuildConfig, build_engines
+    from edge.convert.engine.build import BuildConfig, build_engines
 
     cfg = BuildConfig(
         precision=args.precision,
@@ -167,7 +168,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from edge.profile.stage import ProfileConfig, profile_bundle, summarize_for_cli
+    from edge.profile.config import ProfileConfig
+    from edge.profile.stage import profile_bundle, summarize_for_cli
 
     cfg = ProfileConfig(
         source=args.source,

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import EdgeError
+from edge.core.errors import EdgeError
 
 DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo.pt"
 
@@ -36,7 +36,7 @@ def score_against_labels(results: Path, video: Path) -> str:
     """Per-task agreement of a run's JSONL with the demo video's label sidecar."""
     import json
 
-    from edge.datasets import read_video_labels
+    from edge.data.datasets import read_video_labels
 
     labels = read_video_labels(video) or []
     by_frame = {int(str(x["frame"])): x for x in labels}
@@ -62,7 +62,7 @@ def score_against_labels(results: Path, video: Path) -> str:
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage that exists into ``cfg.out``; return the bundle path."""
     from edge.convert.bundle import ConvertConfig, convert_checkpoint
-    from edge.info import describe_checkpoint
+    from edge.family.info import describe_checkpoint
 
     if not Path(cfg.checkpoint).is_file():
         raise EdgeError(
@@ -90,7 +90,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     )
     print((bundle / "calib" / "report.md").read_text().rstrip())
 
-    from edge.demo_line import LineConfig, write_video
+    from edge.data.demo_line import LineConfig, write_video
     from edge.runtime.run import RunConfig, run_bundle
 
     video = out / "line.mp4"

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import EdgeError, MissingDependencyError
+from edge.core.board import probe_jetson
+from edge.core.device_identity import device_slug, gpu_identity
+from edge.core.errors import EdgeError, MissingDependencyError
+from edge.core.manifest import load_bundle
+from edge.core.preprocess import frames_to_input
+from edge.core.trt_version import installed_tensorrt
+from edge.runtime.backends.registry import create_backend
+from edge.runtime.sources.uri import open_source
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,6 @@ def verdict(
 
 
 def _frames(bundle_batch: int, count: int) -> list[np.ndarray]:
-    from edge.runtime.sources import open_source
 
     n = max(count - count % bundle_batch, bundle_batch)
     with open_source(f"synthetic:?frames={n}&seed=11") as source:
@@ -156,12 +162,6 @@ def run_selftest(
     bundle_path: Path, precisions: Sequence[str], frames: int, engines: Path | None = None
 ) -> tuple[list[Comparison], list[str]]:
     """Compare every engine found with ONNX Runtime; returns (comparisons, problems)."""
-    from edge.convert.device_identity import device_slug, gpu_identity
-    from edge.jetson.probe import probe_jetson
-    from edge.manifest import load_bundle
-    from edge.runtime.backends.base import create_backend
-    from edge.runtime.preprocess import frames_to_input
-    from edge.trt_version import installed_tensorrt
 
     bundle = load_bundle(bundle_path)
     version = installed_tensorrt()

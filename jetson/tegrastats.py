@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any
 
-from edge.errors import EdgeError, MissingDependencyError
+from edge.core.errors import EdgeError, MissingDependencyError
 
 
 class TegrastatsParseError(EdgeError, ValueError):

@@ -1,6 +1,6 @@
 """The capture thread and the frame policy between a source and a slower consumer.
 
-A :class:`CaptureThread` reads its :class:`~edge.runtime.source_base.Source` as fast as the source
+A :class:`CaptureThread` reads its :class:`~edge.runtime.sources.base.Source` as fast as the source
 delivers, stamps each frame (``t_queued_ns``) and hands it to the consumer through the policy:
 
 - ``latest`` — one slot holding the newest frame (free-running cameras): a frame overwritten
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from edge.errors import ConfigError, EdgeError, SourceError
-from edge.runtime.source_base import Frame, Source
+from edge.core.errors import ConfigError, EdgeError, SourceError
+from edge.runtime.sources.base import Frame, Source
 
 POLICY_FORMS = "'latest' (keep the newest frame, count drops) or 'fifo:N' (N >= 1, bounded queue)"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import BundleError
+from edge.core.errors import BundleError
 
 DECODE_TYPES = ("softmax_argmax", "sigmoid_threshold", "affine", "argmax_mask")
 PRIMARY_FIELD = {

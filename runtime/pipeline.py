@@ -42,11 +42,12 @@ from typing import Any, cast
 
 import numpy as np
 
-from edge.errors import EdgeError, ScheduleError
-from edge.manifest import Bundle, load_bundle
-from edge.runtime.backends.base import Backend, Taps, create_backend
+from edge.core.errors import EdgeError, ScheduleError
+from edge.core.manifest import Bundle, load_bundle
+from edge.core.preprocess import frames_to_input
+from edge.runtime.backends.base import Backend, Taps
+from edge.runtime.backends.registry import create_backend
 from edge.runtime.decode import Decoder, TaskResult, decoders_from_manifest
-from edge.runtime.preprocess import frames_to_input
 from edge.runtime.schedule import Schedule, TaskRule
 
 NOT_RUN = "not run"

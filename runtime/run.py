@@ -28,13 +28,13 @@ from typing import Any, cast
 
 import numpy as np
 
-from edge.errors import ConfigError
-from edge.files import write_json
-from edge.manifest import load_bundle
+from edge.core.errors import ConfigError
+from edge.core.files import write_json
+from edge.core.manifest import load_bundle
+from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread, parse_policy
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.pipeline import FrameResult, Pipeline, StageStats
-from edge.runtime.preprocess import opencv_threads
 from edge.runtime.schedule import build_schedule, read_schedule_file
 from edge.runtime.sinks import (
     AnnotatedSink,
@@ -44,7 +44,8 @@ from edge.runtime.sinks import (
     SinkWorker,
     TaskTally,
 )
-from edge.runtime.sources import Frame, Source, SourceOptions, open_source
+from edge.runtime.sources.base import Frame, Source, SourceOptions
+from edge.runtime.sources.uri import open_source
 
 GAP_POLL_S = 1.0
 

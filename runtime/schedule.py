@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ScheduleError
+from edge.core.errors import ScheduleError
 from edge.runtime.decode import FIELDS, PRIMARY_FIELD, Decoder, TaskResult
 
 RULE_FORMS = "'every', 'every N', 'when COND', 'every N when COND' or 'off'"

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.core.errors import EdgeError
 from edge.runtime.pipeline import NOT_RUN, FrameResult
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edge.config import ModelConfig, TaskSpec
+from edge.core.config import ModelConfig, TaskSpec
 
 TINY_TASKS = (
     TaskSpec("defect", "classification", ("ok", "scratch", "hole", "stain")),
@@ -35,7 +35,7 @@ def tiny_model(config: ModelConfig | None = None, seed: int = 0, spread: float =
     folding is really exercised); ``spread`` scales how far they are from identity."""
     import torch
 
-    from edge.model import ETRNLP
+    from edge.family.model import ETRNLP
 
     torch.manual_seed(seed)
     model = ETRNLP(config or tiny_config())
@@ -51,7 +51,7 @@ def tiny_model(config: ModelConfig | None = None, seed: int = 0, spread: float =
 
 def make_tiny_checkpoint(path: Path, config: ModelConfig | None = None, seed: int = 0) -> Path:
     """A randomly initialised (untrained) checkpoint with non-trivial BN statistics."""
-    from edge.checkpoint import save_checkpoint
+    from edge.family.checkpoint import save_checkpoint
 
     return save_checkpoint(path, tiny_model(config, seed), {"metrics": {}})
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import BundleError, ConfigError
-from edge.manifest import Bundle, part_file
+from edge.core.errors import BundleError, ConfigError
+from edge.core.manifest import Bundle, part_file
 from edge.profile.stats import Recorder, Series, summarize_ns, throughput_fps
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.pipeline import Pipeline

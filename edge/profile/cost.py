@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ConfigError
-from edge.manifest import Bundle, load_bundle
+from edge.core.errors import ConfigError
+from edge.core.manifest import Bundle, load_bundle
 from edge.profile.arms import ArmRun, ArmSpec
 from edge.profile.interleave import Warmup, run_interleaved
 from edge.profile.stats import Recorder

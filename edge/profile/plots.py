@@ -5,16 +5,31 @@ side, telemetry over time. matplotlib (the ``profile`` extra) is imported lazily
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.errors import require
-from edge.profile.report import PlotData
+from edge.core.errors import require
 from edge.profile.stats import percentiles
 
 DPI = 110
+
+
+@dataclass
+class PlotData:
+    """The raw series behind the plots. Times in ``time.monotonic_ns`` units."""
+
+    t0_ns: int
+    arms: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """arm -> (frame start times, e2e ns)."""
+    arm_stages: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    pipeline: tuple[np.ndarray, np.ndarray] | None = None
+    pipeline_stages: dict[str, np.ndarray] | None = None
+    telemetry: list[tuple[float, Any]] = field(default_factory=list)
+    """(time.monotonic() seconds, TegraSample)."""
+    phases: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def _plt() -> Any:

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edge.files import write_json, write_text
+from edge.core.files import write_json, write_text
+from edge.profile.plots import PlotData, write_plots
 
 FORMAT = "etr-edge-profile"
 VERSION = 1
@@ -90,21 +88,6 @@ def keys_markdown() -> str:
     rows = ["| key | meaning |", "|---|---|"]
     rows += [f"| `{k}` | {v} |" for k, v in KEYS.items()]
     return "\n".join(rows)
-
-
-@dataclass
-class PlotData:
-    """The raw series behind the plots. Times in ``time.monotonic_ns`` units."""
-
-    t0_ns: int
-    arms: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    """arm -> (frame start times, e2e ns)."""
-    arm_stages: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    pipeline: tuple[np.ndarray, np.ndarray] | None = None
-    pipeline_stages: dict[str, np.ndarray] | None = None
-    telemetry: list[tuple[float, Any]] = field(default_factory=list)
-    """(time.monotonic() seconds, TegraSample)."""
-    phases: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 # -- markdown ---------------------------------------------------------------------------------
@@ -359,8 +342,6 @@ def write_report(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     if plots and data is not None:
-        from edge.profile.plots import write_plots
-
         report["plots"] = {
             k: str(p.relative_to(out)) for k, p in write_plots(out / "plots", report, data).items()
         }

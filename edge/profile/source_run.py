@@ -6,17 +6,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
+from edge.profile.config import ProfileConfig
 from edge.profile.interleave import ProgressLine, Warmup
 from edge.profile.stats import Recorder, Series, throughput_fps
 from edge.runtime.pipeline import FrameResult
-
-if TYPE_CHECKING:
-    from edge.profile.stage import ProfileConfig
+from edge.runtime.run import RunConfig, run_bundle
 
 
 class PipelineRecorder:
@@ -106,7 +105,6 @@ class PipelineRecorder:
 def run_pipeline_phase(
     bundle_path: Path, cfg: ProfileConfig, progress: ProgressLine
 ) -> tuple[dict[str, Any], PipelineRecorder]:
-    from edge.runtime.run import RunConfig, run_bundle
 
     base = cfg.base_arm()
     if base.precision != "fp32" and base.backend == "onnxruntime":

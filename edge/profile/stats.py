@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 
 QUANTILES = (50, 90, 99)
 STAT_KEYS = ("count", "mean_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")

@@ -8,8 +8,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from edge.errors import EdgeError, MissingDependencyError
+from edge.core.errors import EdgeError, MissingDependencyError
 from edge.jetson.tegrastats import TegrastatsSampler, jtop_stats
+from edge.runtime.backends.ort import OrtOptions
 
 
 def _jsonable(value: Any) -> Any:
@@ -76,8 +77,6 @@ class Telemetry:
 def thread_facts(backend_options: Mapping[str, Any]) -> dict[str, Any]:
     """Thread settings that move CPU latency: ORT session threads, OpenCV, env, affinity."""
     import cv2
-
-    from edge.runtime.backends.ort import OrtOptions
 
     try:
         ort = dataclasses.asdict(OrtOptions(**dict(backend_options)))

@@ -33,10 +33,8 @@ the GPU finishes must synchronise first (or report device time from CUDA events)
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,16 +42,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from edge.errors import (
-    ConfigError,
+from edge.core.errors import (
     EdgeError,
     InputContractError,
     InternalError,
-    MissingDependencyError,
 )
 
 if TYPE_CHECKING:
-    from edge.manifest import Bundle
+    from edge.core.manifest import Bundle
 
 Dim = int | str | None
 """A dimension: an int when fixed, a symbol (``"batch"``) or None when dynamic."""
@@ -382,57 +378,3 @@ class Backend:
     def _tap_to_host(self, taps: Taps, name: str) -> np.ndarray:
         """Copy one device-resident tap to the host (device backends only)."""
         raise InputContractError(f"{self}: tap '{name}' is not available on the host")
-
-
-# -- registry ---------------------------------------------------------------------------------
-def _onnxruntime() -> type[Backend]:
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise MissingDependencyError(
-            "the onnxruntime backend needs the Python package 'onnxruntime'; install it with: "
-            "pip install onnxruntime"
-        )
-    from edge.runtime.backends.ort import OnnxRuntimeBackend
-
-    return OnnxRuntimeBackend
-
-
-def _tensorrt() -> type[Backend]:
-    if importlib.util.find_spec("tensorrt") is None:
-        raise MissingDependencyError(
-            "the tensorrt backend needs the Python package 'tensorrt' (it comes with JetPack on a "
-            "Jetson, or NVIDIA's wheels on a desktop GPU) and is not installed here; use "
-            "--backend onnxruntime on this machine"
-        )
-    try:
-        module = importlib.import_module("edge.runtime.backends.trt")
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"the tensorrt backend could not be imported ({e}); on a Jetson install "
-            "'etr-edge[jetson]' (pycuda) next to JetPack's tensorrt"
-        ) from e
-    cls: type[Backend] = module.TensorRTBackend
-    return cls
-
-
-BACKENDS: dict[str, Callable[[], type[Backend]]] = {
-    "onnxruntime": _onnxruntime,
-    "tensorrt": _tensorrt,
-}
-"""Backend name -> a function returning its class (imports happen only when called)."""
-
-ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
-
-
-def backend_class(name: str) -> type[Backend]:
-    """The backend class registered as ``name`` (or an alias: ``ort``, ``trt``)."""
-    key = ALIASES.get(name, name)
-    if key not in BACKENDS:
-        raise ConfigError(
-            f"unknown backend '{name}'; available: {sorted(BACKENDS)} (aliases {sorted(ALIASES)})"
-        )
-    return BACKENDS[key]()
-
-
-def create_backend(name: str, **options: Any) -> Backend:
-    """An unloaded backend instance: ``create_backend("onnxruntime", intra_op_threads=1)``."""
-    return backend_class(name)(**options)

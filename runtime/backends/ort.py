@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from edge.runtime.backends.base import Backend, TensorMeta
 
 _DTYPES = {

@@ -12,7 +12,7 @@ tensor API; tensorrt and pycuda are imported lazily.
   ``set_tensor_address``; TensorRT's I/O order is never used.
 - **Buffers once, one stream**: a device buffer per tensor (the profile's maximum for a dynamic
   batch; ``set_input_shape`` per run), pinned host staging, and ONE stream for every part in the
-  process (``execute_async_v3``), see :mod:`edge.runtime.backends.trt_buffers`.
+  process (``execute_async_v3``), see :mod:`edge.runtime.backends.trt_cuda`.
 - **Trunk -> heads without copies**: ``run_taps`` returns Taps holding the trunk's *device*
   output buffers; ``run_from_taps`` binds them as the head's input addresses (the shared stream
   orders trunk before head). Host taps (e.g. ONNX Runtime's) are copied in.
@@ -22,9 +22,8 @@ tensor API; tensorrt and pycuda are imported lazily.
   the second is captured (cuda-python), later ones replay it, so the trunk and each due head are
   one graph launch each; other addresses or shapes re-capture.
 
-The options (:class:`TrtOptions`) are in :mod:`edge.runtime.backends.trt_options`, the
-comparison with ONNX Runtime (:func:`compare_with_onnxruntime`, :func:`self_test`) in
-:mod:`edge.runtime.backends.trt_selftest`; both are importable from here.
+The comparison with ONNX Runtime (:func:`compare_with_onnxruntime`, :func:`self_test`) is in
+:mod:`edge.runtime.backends.trt_selftest`.
 """
 
 from __future__ import annotations
@@ -36,9 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge.errors import BundleError, ConfigError, EngineMismatchError, InputContractError
+from edge.core.board import probe_jetson
+from edge.core.device_identity import device_slug, gpu_identity
+from edge.core.errors import BundleError, ConfigError, EngineMismatchError, InputContractError
+from edge.core.trt_version import TrtVersion
 from edge.runtime.backends.base import Backend, Dim, Taps, TensorMeta, concrete_shape
-from edge.runtime.backends.trt_buffers import (
+from edge.runtime.backends.trt_cuda import (
     CudaGraph,
     CudaRuntime,
     DeviceBuffer,
@@ -50,13 +52,11 @@ from edge.runtime.backends.trt_buffers import (
     verify_engine_here,
 )
 from edge.runtime.backends.trt_options import PRECISIONS, TrtOptions
-from edge.runtime.backends.trt_selftest import compare_with_onnxruntime, self_test
-from edge.trt_version import TrtVersion
 
 if TYPE_CHECKING:
     import tensorrt as trt  # noqa: TID251  (types only; imported lazily)
 
-    from edge.manifest import Bundle
+    from edge.core.manifest import Bundle
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,6 @@ class TensorRTBackend(Backend):
     # -- files --------------------------------------------------------------------------------
     def engine_path(self, bundle: Bundle, part: str) -> Path:
         """``bundle/engines/<this device's slug>/<part>.<precision>.engine``."""
-        from edge.convert.device_identity import device_slug, gpu_identity
-        from edge.jetson.probe import probe_jetson
 
         version = tensorrt_version_from_metadata() or str(tensorrt_module().__version__)
         device = probe_jetson()
@@ -395,8 +393,6 @@ __all__ = [
     "DeviceTaps",
     "TensorRTBackend",
     "TrtOptions",
-    "compare_with_onnxruntime",
-    "self_test",
     "tensorrt_version_from_metadata",
     "verify_engine_here",
 ]

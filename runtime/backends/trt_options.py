@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

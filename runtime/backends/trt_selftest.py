@@ -10,21 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from edge.errors import BundleError, InputContractError
+from edge.core.errors import BundleError, InputContractError
+from edge.core.manifest import Bundle, load_bundle
+from edge.core.preprocess import frames_to_input
+from edge.runtime.backends.registry import create_backend
+from edge.runtime.backends.trt import TensorRTBackend
 from edge.runtime.backends.trt_options import PRECISIONS
-
-if TYPE_CHECKING:
-    from edge.manifest import Bundle
-    from edge.runtime.backends.trt import TensorRTBackend
 
 
 def _feeds(bundle: Bundle, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Frames -> model inputs in the bundle's batch size (the last batch padded by repetition)."""
-    from edge.runtime.preprocess import frames_to_input
 
     if not frames:
         raise InputContractError("compare_with_onnxruntime: give at least one frame")
@@ -79,12 +78,8 @@ def compare_with_onnxruntime(
     trunk's engine is there, else on the reference taps. ``precision`` None: every precision
     with at least one engine. An output with another shape or a NaN/Inf scores ``inf``.
     """
-    from edge.manifest import Bundle as _Bundle
-    from edge.manifest import load_bundle
-    from edge.runtime.backends.base import create_backend
-    from edge.runtime.backends.trt import TensorRTBackend
 
-    b = bundle if isinstance(bundle, _Bundle) else load_bundle(bundle)
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     root = Path(engines_dir)
     wanted = [precision] if precision else list(PRECISIONS)
     found = {p: [q for q in b.parts if (root / f"{q}.{p}.engine").is_file()] for p in wanted}

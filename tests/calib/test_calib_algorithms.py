@@ -16,7 +16,7 @@ from edge.calib.algorithms import (
     scale_from_amax,
 )
 from edge.calib.histogram import TensorStats
-from edge.errors import CalibrationError, ConfigError
+from edge.core.errors import CalibrationError, ConfigError
 
 
 def _stats(*batches: np.ndarray, name: str = "t") -> TensorStats:

@@ -17,8 +17,8 @@ from edge.calib.cache import (
     write_cache,
     write_cache_sidecar,
 )
-from edge.errors import CalibrationError
-from edge.trt_version import TrtVersion
+from edge.core.errors import CalibrationError
+from edge.core.trt_version import TrtVersion
 
 # Lines from real caches (research anchors §1.3).
 MNIST_TRT7 = "TRT-7000-EntropyCalibration2\ndata: 3c008912\nprob: 3c010a14\n"

@@ -21,9 +21,9 @@ from edge.calib.collect import (
 )
 from edge.calib.data import calibration_and_eval_frames, sample_frames, split_frames
 from edge.calib.histogram import TensorStats
-from edge.errors import CalibrationError
-from edge.manifest import load_bundle
-from edge.runtime.preprocess import InputSpec, frames_to_input
+from edge.core.errors import CalibrationError
+from edge.core.manifest import load_bundle
+from edge.core.preprocess import InputSpec, frames_to_input
 
 SPEC = InputSpec(height=32, width=32)
 
@@ -172,7 +172,7 @@ def test_signatures_ignore_names_but_not_weights() -> None:
 
 
 def test_sample_frames_uses_the_runtime_preprocessing_and_is_seeded() -> None:
-    from edge.demo_line import LineConfig, render_frame
+    from edge.data.demo_line import LineConfig, render_frame
 
     frames = sample_frames("synthetic:?frames=20&seed=3", SPEC, count=8, seed=5)
     again = sample_frames("synthetic:?frames=20&seed=3", SPEC, count=8, seed=5)
@@ -191,7 +191,7 @@ def test_sample_frames_uses_the_runtime_preprocessing_and_is_seeded() -> None:
 
 
 def test_folder_and_video_sources_carry_their_labels(tmp_path: Path) -> None:
-    from edge.demo_line import LineConfig, write_image_folder, write_video
+    from edge.data.demo_line import LineConfig, write_image_folder, write_video
 
     line = LineConfig(width=64, height=64, seed=2)
     folder = write_image_folder(tmp_path / "imgs", 10, line)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edge.calib.histogram import NUM_BINS, TensorStats, range_for_absmax
-from edge.errors import CalibrationError
+from edge.core.errors import CalibrationError
 
 
 def _fed(name: str, *batches: np.ndarray) -> TensorStats:

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edge.calib.collect import BatchRunner, collect_bundle, collect_stats
 from edge.calib.data import sample_frames
 from edge.calib.qdq import check_qdq, plan_qdq, qdq_problems, qdq_tensors, quantize_model
-from edge.errors import CalibrationError
-from edge.manifest import load_bundle
+from edge.core.errors import CalibrationError
+from edge.core.manifest import load_bundle
 
 WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 

@@ -6,18 +6,20 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 from edge.calib.cache import check_cache_matches, read_cache, read_cache_sidecar
 from edge.calib.collect import collect_bundle, map_tensors
-from edge.calib.data import HOLDOUT_OFFSET, sample_frames
+from edge.calib.data import sample_frames
 from edge.calib.qdq import qdq_problems
 from edge.calib.stage import CalibConfig, calibrate_bundle, head_nodes
-from edge.errors import CalibrationError
-from edge.files import sha256_file
-from edge.manifest import MANIFEST, load_bundle
-from edge.trt_version import TrtVersion
+from edge.core.errors import CalibrationError
+from edge.core.files import sha256_file
+from edge.core.manifest import MANIFEST, load_bundle
+from edge.core.trt_version import TrtVersion
+from edge.data.demo_line import HOLDOUT_OFFSET
 
 FAST = dict(data="synthetic:", frames=32, batch=16, eval_frames=16)
 TASKS = ("defect", "attrs", "mask", "angle")
@@ -106,10 +108,13 @@ def test_report_has_every_task_and_a_table(calibrated: Path) -> None:
     assert "| defect | accuracy | labels |" in md and "worst quantization error" in md
 
 
-def test_holdout_offset_is_trainings() -> None:
-    from edge.train import VAL_OFFSET
+def test_holdout_frames_are_not_training_frames() -> None:
+    from edge.family.train import demo_line_samples
 
-    assert HOLDOUT_OFFSET == VAL_OFFSET
+    first_training = next(iter(demo_line_samples(0, 0)))[0]
+    first_holdout = next(iter(demo_line_samples(HOLDOUT_OFFSET, 0)))[0]
+    assert not np.array_equal(first_training, first_holdout)
+    assert HOLDOUT_OFFSET >= 1_000_000  # far above any training run's frame count
 
 
 def test_mixed_precision_keeps_a_head_float(tiny_bundle: Path, tmp_path: Path) -> None:

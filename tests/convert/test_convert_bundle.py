@@ -11,9 +11,9 @@ import pytest
 
 from edge.convert.bundle import ConvertConfig, convert_checkpoint
 from edge.convert.verify import demo_frames
-from edge.errors import BundleError, CheckpointError, ExportError
-from edge.files import sha256_file
-from edge.manifest import load_bundle
+from edge.core.errors import BundleError, CheckpointError, ExportError
+from edge.core.files import sha256_file
+from edge.core.manifest import load_bundle
 from tiny_models import make_tiny_checkpoint, tiny_config
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edge.config import PRIMITIVE_KINDS
 from edge.convert.fold import FoldedConv, FoldedShared, fold_model
-from edge.errors import ExportError
-from edge.model import ETRNLP, SharedLayer, TaskLayer
+from edge.core.config import PRIMITIVE_KINDS
+from edge.core.errors import ExportError
+from edge.family.model import ETRNLP, SharedLayer, TaskLayer
 from tiny_models import tiny_config, tiny_model
 
 

@@ -10,9 +10,9 @@ import torch
 
 from edge.convert.fold import fold_model
 from edge.convert.merge import MergedHeads
-from edge.errors import ExportError
-from edge.manifest import load_bundle
-from edge.model import ETRNLP
+from edge.core.errors import ExportError
+from edge.core.manifest import load_bundle
+from edge.family.model import ETRNLP
 from tiny_models import tiny_config, tiny_model
 
 

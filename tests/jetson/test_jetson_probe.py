@@ -9,14 +9,8 @@ from typing import Any
 
 import pytest
 
-from edge.jetson.probe import (
-    clocks_locked,
-    jetpack_for_l4t,
-    machine_facts,
-    parse_l4t_release,
-    power_mode,
-    probe_jetson,
-)
+from edge.core.board import jetpack_for_l4t, parse_l4t_release, probe_jetson
+from edge.jetson.probe import clocks_locked, machine_facts, power_mode
 
 DATA = Path(__file__).parent / "data"
 ROOTS = DATA / "roots"

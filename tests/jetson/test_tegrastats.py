@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import EdgeError, MissingDependencyError
+from edge.core.errors import EdgeError, MissingDependencyError
 from edge.jetson.tegrastats import (
     TegrastatsParseError,
     TegrastatsSampler,

@@ -9,16 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge.errors import ConfigError, InputContractError, InternalError, MissingDependencyError
-from edge.runtime.backends.base import (
-    BACKENDS,
-    TensorMeta,
-    backend_class,
-    concrete_shape,
-    create_backend,
-    dtype_name,
-)
+from edge.core.errors import ConfigError, InputContractError, InternalError, MissingDependencyError
+from edge.runtime.backends.base import TensorMeta, concrete_shape, dtype_name
 from edge.runtime.backends.ort import OnnxRuntimeBackend, OrtOptions
+from edge.runtime.backends.registry import BACKENDS, backend_class, create_backend
 from tiny_models import make_tiny_bundle
 
 

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError, SourceError
+from edge.core.errors import ConfigError, SourceError
 from edge.runtime.capture import CaptureThread, FramePolicy, backoff_delays, parse_policy
-from edge.runtime.source_base import RawFrame, Source, SourceOptions
-from edge.runtime.source_uri import open_source
+from edge.runtime.sources.base import RawFrame, Source, SourceOptions
+from edge.runtime.sources.uri import open_source
 
 FAST = SourceOptions(backoff_initial_s=0.01, backoff_max_s=0.04, read_timeout_s=0.05, fps=100)
 

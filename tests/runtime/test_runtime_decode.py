@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import BundleError
-from edge.manifest import load_bundle
+from edge.core.errors import BundleError
+from edge.core.manifest import load_bundle
 from edge.runtime.decode import Decoder, argmax_channels, decoders_from_manifest
 
 CLS = Decoder("defect", {"type": "softmax_argmax", "labels": ["ok", "scratch", "hole"], "axis": 1})

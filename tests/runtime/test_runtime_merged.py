@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.demo_line import render_frame
+from edge.data.demo_line import render_frame
 from edge.runtime.pipeline import Pipeline
 from edge.runtime.schedule import build_schedule
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.demo_line import render_frame
-from edge.errors import ScheduleError
-from edge.manifest import load_bundle
+from edge.core.errors import ScheduleError
+from edge.core.manifest import load_bundle
+from edge.core.preprocess import frames_to_input, opencv_threads
+from edge.data.demo_line import render_frame
 from edge.runtime.backends.ort import OnnxRuntimeBackend
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.pipeline import Pipeline, StageStats
-from edge.runtime.preprocess import frames_to_input, opencv_threads
 from edge.runtime.schedule import Schedule, build_schedule
 from tiny_models import make_tiny_bundle
 

@@ -16,13 +16,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.demo_line import write_video
-from edge.errors import ConfigError, ScheduleError
-from edge.manifest import load_bundle
+from edge.core.errors import ConfigError, ScheduleError
+from edge.core.manifest import load_bundle
+from edge.core.preprocess import frames_to_input
+from edge.data.demo_line import write_video
 from edge.runtime.backends.ort import OnnxRuntimeBackend
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.pipeline import FrameResult
-from edge.runtime.preprocess import frames_to_input
 from edge.runtime.run import RunConfig, run_bundle
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import ScheduleError
+from edge.core.errors import ScheduleError
 from edge.runtime.decode import Decoder, TaskResult
 from edge.runtime.schedule import (
     Schedule,

@@ -21,20 +21,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.convert.device_identity import gpu_identity
-from edge.errors import (
+from edge.core.board import probe_jetson
+from edge.core.device_identity import gpu_identity
+from edge.core.errors import (
     BundleError,
     ConfigError,
     EngineMismatchError,
     InputContractError,
     MissingDependencyError,
 )
-from edge.jetson.probe import probe_jetson
-from edge.manifest import load_bundle
-from edge.runtime.backends.base import backend_class, create_backend
-from edge.runtime.backends.trt import TensorRTBackend, TrtOptions, compare_with_onnxruntime
-from edge.runtime.backends.trt_buffers import cudart_module
-from edge.runtime.sidecar import write_sidecar
+from edge.core.manifest import load_bundle
+from edge.core.sidecar import write_sidecar
+from edge.runtime.backends.registry import backend_class, create_backend
+from edge.runtime.backends.trt import TensorRTBackend, TrtOptions
+from edge.runtime.backends.trt_cuda import cudart_module
+from edge.runtime.backends.trt_selftest import compare_with_onnxruntime
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 no_trt = pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: this checks its absence")
@@ -95,7 +96,7 @@ def test_modified_engine_is_refused_before_tensorrt_is_imported(tmp_path: Path) 
     engine.write_bytes(engine.read_bytes() + b"tampered")
     code = (
         "import sys\n"
-        "from edge.errors import EngineMismatchError\n"
+        "from edge.core.errors import EngineMismatchError\n"
         "from edge.runtime.backends.trt import TensorRTBackend\n"
         "try:\n"
         f"    TensorRTBackend().load({str(engine)!r})\n"
@@ -154,7 +155,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tuple[
     cuda.init()
     if cuda.Device.count() < 1:
         pytest.skip("no CUDA device")
-    from edge.convert.build import BuildConfig, build_engines
+    from edge.convert.engine.build import BuildConfig, build_engines
 
     root = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("trt") / "bundle"))
     engines = build_engines(root, BuildConfig(precision="fp32", workspace_mib=256))
@@ -167,7 +168,7 @@ def _frames(n: int = 3) -> list[np.ndarray]:
 
 
 def _feed(root: Path, frame: np.ndarray) -> dict[str, np.ndarray]:
-    from edge.runtime.preprocess import frames_to_input
+    from edge.core.preprocess import frames_to_input
 
     bundle = load_bundle(root)
     return {bundle.input.name: frames_to_input([frame], bundle.input)}

@@ -1,0 +1,98 @@
+"""What ``edge build`` prints: its own lines, TensorRT's log and the build's progress.
+
+Everything goes to stderr as ``[build <part>.<precision>] ...``. TensorRT keeps the first logger
+it is given for the whole process, so ``trt_logger`` makes one and points it at the current job;
+the errors it collects go into ``EngineBuildError`` messages. ``progress_monitor`` prints the
+top build phases (TensorRT 10+).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorrt as trt  # noqa: TID251  (types only; the module is imported lazily)
+else:
+    from edge.core.lazy_trt import trt
+
+
+def say(label: str, msg: str) -> None:
+    print(f"[build {label}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class LogState:
+    """What the process-wide logger reports to: the current job's label and its errors."""
+
+    label: str = ""
+    verbose: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+LOG = LogState()
+_LOGGER: list[trt.ILogger] = []
+
+
+def trt_logger(label: str, verbose: bool) -> trt.ILogger:
+    """One TensorRT logger per process (TensorRT keeps the first one it is given); it prints
+    warnings and errors (everything with ``verbose``) and keeps the errors for messages."""
+    LOG.label, LOG.verbose, LOG.errors = label, verbose, []
+    if not _LOGGER:
+
+        class _Logger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+
+            def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+                if int(severity) <= int(trt.ILogger.ERROR):
+                    LOG.errors.append(msg)
+                if int(severity) <= int(trt.ILogger.WARNING) or LOG.verbose:
+                    say(LOG.label, f"TensorRT {severity.name}: {msg}")
+
+        _LOGGER.append(_Logger())
+    return _LOGGER[0]
+
+
+def progress_monitor(label: str) -> trt.IProgressMonitor:
+    """An IProgressMonitor (TensorRT 10+) printing the top phases' start, steps and end.
+    TensorRT calls it from several threads, hence the lock."""
+
+    class _Progress(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._lock = threading.Lock()
+            self._depth: dict[str, int] = {}
+            self._steps: dict[str, int] = {}
+            self._t0: dict[str, float] = {}
+            self._tty = sys.stderr.isatty()
+
+        def phase_start(self, phase_name: str, parent_phase: str, num_steps: int) -> None:
+            with self._lock:
+                depth = self._depth.get(parent_phase, -1) + 1 if parent_phase else 0
+                self._depth[phase_name], self._steps[phase_name] = depth, num_steps
+                self._t0[phase_name] = time.monotonic()
+                if depth <= 1:
+                    say(label, f"{'  ' * depth}{phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            with self._lock:
+                if self._tty and self._depth.get(phase_name, 9) <= 1:
+                    total = max(self._steps.get(phase_name, 1), 1)
+                    sys.stderr.write(f"\r[build {label}] {phase_name}: {step + 1}/{total}")
+                    sys.stderr.flush()
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self._lock:
+                depth = self._depth.pop(phase_name, 0)
+                took = time.monotonic() - self._t0.pop(phase_name, time.monotonic())
+                if depth <= 1:
+                    if self._tty:
+                        sys.stderr.write("\r\033[K")
+                    say(label, f"{'  ' * depth}{phase_name} done in {took:.1f} s")
+
+    return _Progress()

@@ -1,0 +1,277 @@
+"""Frame sources: video files, image folders, the synthetic demo line and live cameras.
+
+A :class:`Source` is built unopened (normally by :func:`edge.runtime.sources.uri.open_source`,
+which parses a source URI and lists the accepted forms); ``open()``/``read()``/``close()`` (or
+``with``) then give :class:`Frame` objects, each with an id (consecutive from 0, continuing across
+reopens) and the host time it arrived (``time.monotonic_ns()``). Classes: :class:`VideoFileSource`,
+:class:`ImageFolderSource`, :class:`SyntheticSource` (the :mod:`edge.data.demo_line`) and
+:class:`OpenCVCaptureSource` (V4L2, FFmpeg or GStreamer cameras and streams). What they share
+(:class:`Frame`, :class:`SourceOptions`, :class:`RawFrame`, :class:`Source`, :func:`as_bgr`,
+:func:`redact_uri`) is in :mod:`edge.runtime.sources.base`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.core.errors import SourceError
+from edge.data.demo_line import LineConfig, render_frame
+from edge.runtime.sources.base import RawFrame, Source, SourceOptions, redact_uri
+
+
+class _Pacer:
+    """Sleeps so that successive ``wait()`` calls are 1/fps apart (no catch-up bursts)."""
+
+    def __init__(self, fps: float | None) -> None:
+        self.period_ns = int(1e9 / fps) if fps else 0
+        self._next_ns: int | None = None
+
+    def wait(self) -> None:
+        if not self.period_ns:
+            return
+        now = time.monotonic_ns()
+        if self._next_ns is None or now - self._next_ns > self.period_ns:
+            self._next_ns = now  # first frame, or fell behind by more than a period: resync
+        elif self._next_ns > now:
+            time.sleep((self._next_ns - now) / 1e9)
+        self._next_ns += self.period_ns
+
+
+class VideoFileSource(Source):
+    """A video file read with ``cv2.VideoCapture``; ``source_index`` is the frame number."""
+
+    kind = "video"
+
+    def __init__(self, uri: str, path: Path, options: SourceOptions | None = None) -> None:
+        super().__init__(uri, options)
+        self.path = path
+        self._cap: Any = None
+        self._index = 0
+        self._pass = 0
+        self._file_fps: float | None = None
+        self._pacer = _Pacer(None)
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return self.options.fps or self._file_fps
+
+    def _open_impl(self) -> None:
+        self._cap = cv2.VideoCapture(str(self.path))
+        if not self._cap.isOpened():
+            raise SourceError(
+                f"video file {self.path} could not be decoded by OpenCV "
+                f"(backends: FFmpeg {_build_flag('FFMPEG')}); check the file plays, or convert "
+                "it, e.g. ffmpeg -i in.ext -c:v libx264 out.mp4"
+            )
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._file_fps = fps if fps > 0 and np.isfinite(fps) else None
+        self._index = 0
+        self._pacer = _Pacer(self.nominal_fps if self.options.realtime else None)
+
+    def _read_impl(self) -> RawFrame | None:
+        ok, image = self._cap.read()
+        if not ok and self.options.loop and self._index > 0:
+            self._cap.release()
+            self._cap = cv2.VideoCapture(str(self.path))
+            self._index, self._pass = 0, self._pass + 1
+            ok, image = self._cap.read()
+        if not ok:
+            self._mark_ended()
+            return None
+        self._pacer.wait()
+        self._index += 1
+        meta = {"pass": self._pass} if self.options.loop else {}
+        return RawFrame(image, self._index - 1, meta)
+
+    def _close_impl(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def _describe_impl(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "loop": self.options.loop,
+            "realtime": self.options.realtime,
+        }
+
+
+class ImageFolderSource(Source):
+    """Images in a folder, natural sort order; ``source_index`` is the position in that list."""
+
+    kind = "folder"
+
+    def __init__(self, uri: str, files: list[Path], options: SourceOptions | None = None) -> None:
+        super().__init__(uri, options)
+        self.files = files
+        self._index = 0
+        self._pacer = _Pacer(None)
+
+    def _open_impl(self) -> None:
+        self._index = 0
+        self._pacer = _Pacer(self.options.fps if self.options.realtime else None)
+
+    def _read_impl(self) -> RawFrame | None:
+        if self._index >= len(self.files):
+            self._mark_ended()
+            return None
+        path = self.files[self._index]
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise SourceError(
+                f"image {path} in folder source {self.uri!r} cannot be decoded: "
+                "remove or replace the file (expected PNG, JPEG or BMP)"
+            )
+        self._pacer.wait()
+        self._index += 1
+        return RawFrame(image, self._index - 1, {"path": str(path)})
+
+    def _close_impl(self) -> None:
+        pass
+
+    def _describe_impl(self) -> dict[str, Any]:
+        return {"files": len(self.files), "first": str(self.files[0]) if self.files else None}
+
+
+class SyntheticSource(Source):
+    """The demo inspection line (:mod:`edge.data.demo_line`); ``source_index`` is the line index."""
+
+    kind = "synthetic"
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        frames: int | None = None,
+        fps: float = 0.0,
+        config: Any = None,
+        live: bool = False,
+        options: SourceOptions | None = None,
+    ) -> None:
+
+        super().__init__(uri, options)
+        self.frames, self.fps, self.live = frames, fps, live
+        self.config = config if config is not None else LineConfig()
+        self._index = 0
+        self._pacer = _Pacer(None)
+        self._render: Any = None
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return self.fps or None
+
+    def _open_impl(self) -> None:
+
+        self._render = render_frame
+        self._pacer = _Pacer(self.fps)
+
+    def _read_impl(self) -> RawFrame | None:
+        # The index keeps counting across close()/open(): a reopened line continues where it was.
+        if self.frames is not None and self._index >= self.frames:
+            self._mark_ended()
+            return None
+        self._pacer.wait()
+        line_frame = self._render(self._index, self.config)
+        self._index += 1
+        return RawFrame(line_frame.image, self._index - 1, {"line_frame": line_frame})
+
+    def _close_impl(self) -> None:
+        self._render = None
+
+    def _describe_impl(self) -> dict[str, Any]:
+        c = self.config
+        return {"frames": self.frames, "fps": self.fps, "width": c.width, "height": c.height,
+                "seed": c.seed}  # fmt: skip
+
+
+class OpenCVCaptureSource(Source):
+    """A live camera/stream through ``cv2.VideoCapture`` (V4L2, FFmpeg or GStreamer backend)."""
+
+    live = True
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        kind: str,
+        target: int | str,
+        api: int,
+        backend: str,
+        params: tuple[int, ...] = (),
+        env: dict[str, str] | None = None,
+        hint: str = "",
+        options: SourceOptions | None = None,
+    ) -> None:
+        super().__init__(uri, options)
+        self.kind, self.target, self.api, self.backend = kind, target, api, backend
+        self.params, self.env, self.hint = params, dict(env or {}), hint
+        self._cap: Any = None
+        self._actual: dict[str, Any] = {}
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return self._actual.get("fps") or self.options.fps or None
+
+    def _open_impl(self) -> None:
+        for k, v in self.env.items():
+            os.environ.setdefault(k, v)  # OpenCV reads these at open time; the user's value wins
+        if self.params:
+            try:
+                self._cap = cv2.VideoCapture(self.target, self.api, list(self.params))
+            except TypeError:  # OpenCV < 4.5.2: no params argument
+                self._cap = cv2.VideoCapture(self.target, self.api)
+        else:
+            self._cap = cv2.VideoCapture(self.target, self.api)
+        if not self._cap.isOpened():
+            raise SourceError(
+                f"{self._name()} could not be opened with OpenCV's {self.backend} backend. "
+                f"{self.hint}"
+            )
+        if self.kind in ("usb", "v4l2"):
+            o = self.options
+            if o.fourcc:
+                self._cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*o.fourcc))
+            for prop, value in (
+                (cv2.CAP_PROP_FRAME_WIDTH, o.width),
+                (cv2.CAP_PROP_FRAME_HEIGHT, o.height),
+                (cv2.CAP_PROP_FPS, o.fps),
+            ):
+                if value:
+                    self._cap.set(prop, float(value))
+        self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # ignored by backends that do not support it
+        w, h, fps = (self._cap.get(p) for p in (3, 4, 5))  # CAP_PROP_FRAME_WIDTH/HEIGHT/FPS
+        self._actual = {"width": int(w) or None, "height": int(h) or None, "fps": fps or None}
+
+    def _read_impl(self) -> RawFrame | None:
+        ok, image = self._cap.read()
+        return RawFrame(image) if ok and image is not None else None
+
+    def _close_impl(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def _describe_impl(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"backend": self.backend, "actual": dict(self._actual)}
+        if isinstance(self.target, str) and self.api == cv2.CAP_GSTREAMER:
+            d["pipeline"] = redact_uri(self.target)
+        else:
+            d["device"] = redact_uri(self.target) if isinstance(self.target, str) else self.target
+        if self.env:
+            d["env"] = {k: os.environ.get(k, v) for k, v in self.env.items()}
+        return d
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _build_flag(name: str) -> str:
+    m = re.search(rf"^\s*{name}:\s*(\S*)", cv2.getBuildInformation(), re.M)
+    return m.group(1) if m else "unknown"
