@@ -109,18 +109,32 @@ def child(which: str, work: Path) -> None:
             onnx.save(q, str(out_path))
         else:
             quantize_static(
-                str(model_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                str(model_path),
+                str(out_path),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
                 calibrate_method=CalibrationMethod.Entropy,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-            )  # fmt: skip
+            )
     wall = time.perf_counter() - t0
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"which": which, "wall_s": wall, "rss_peak_mb": (rss.peak - base_rss) / 2**20,
-                      "maxrss_mb": (maxrss - base_rss) / 2**20, "tracemalloc_mb": py_peak / 2**20,
-                      "baseline_mb": base_rss / 2**20}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "which": which,
+                "wall_s": wall,
+                "rss_peak_mb": (rss.peak - base_rss) / 2**20,
+                "maxrss_mb": (maxrss - base_rss) / 2**20,
+                "tracemalloc_mb": py_peak / 2**20,
+                "baseline_mb": base_rss / 2**20,
+            }
+        )
+    )
 
 
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Any, Any, Any]:
@@ -162,8 +176,9 @@ def evaluate(
     for name, path in models.items():
         runner = BatchRunner(onnx.load(str(path)))
         parts = [runner.run({"image": x}) for x in held.batches(batch)]
-        outs[name] = {t: np.concatenate([p[o.output] for p in parts])
-                      for t, o in bundle.tasks.items()}  # fmt: skip
+        outs[name] = {
+            t: np.concatenate([p[o.output] for p in parts]) for t, o in bundle.tasks.items()
+        }
     size = (bundle.input.height, bundle.input.width)
     rng = np.random.default_rng(0)
     table: dict[str, Any] = {}
@@ -215,36 +230,51 @@ def main() -> None:
             for which in ("ours", "ort"):
                 out = subprocess.run(
                     [sys.executable, __file__, "--child", which, "--work", str(work)],
-                    check=True, capture_output=True, text=True,
-                )  # fmt: skip
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
                 runs[which].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        models = {"fp32": work / "fused_dyn.onnx", "ours": work / "int8_ours.onnx",
-                  "ort": work / "int8_ort.onnx"}  # fmt: skip
+        models = {
+            "fp32": work / "fused_dyn.onnx",
+            "ours": work / "int8_ours.onnx",
+            "ort": work / "int8_ort.onnx",
+        }
         metrics = evaluate(bundle, held, models, args.batch)
 
     def med(which: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[which])
 
-    print(f"\nCalibration of the fused graph of {bundle.config.name}: {args.frames} frames "
-          f"(batch {args.batch}) of {args.data}; median of {args.repeats} runs each\n")  # fmt: skip
+    print(
+        f"\nCalibration of the fused graph of {bundle.config.name}: {args.frames} frames "
+        f"(batch {args.batch}) of {args.data}; median of {args.repeats} runs each\n"
+    )
     print("| | wall s | peak RSS MB (sampled) | ru_maxrss MB | tracemalloc MB |")
     print("|---|---:|---:|---:|---:|")
     for which, label in (("ours", "etr-edge"), ("ort", "ORT quantize_static")):
-        print(f"| {label} | {med(which, 'wall_s'):.2f} | {med(which, 'rss_peak_mb'):.0f} | "
-              f"{med(which, 'maxrss_mb'):.0f} | {med(which, 'tracemalloc_mb'):.0f} |")  # fmt: skip
+        print(
+            f"| {label} | {med(which, 'wall_s'):.2f} | {med(which, 'rss_peak_mb'):.0f} | "
+            f"{med(which, 'maxrss_mb'):.0f} | {med(which, 'tracemalloc_mb'):.0f} |"
+        )
     speed = med("ort", "wall_s") / med("ours", "wall_s")
     mem = med("ours", "rss_peak_mb") / max(med("ort", "rss_peak_mb"), 1e-9)
-    print(f"\nours is {speed:.2f}x faster (target >= 3x); peak RSS ratio ours/ORT {mem:.2f} "
-          f"(target <= 0.5)\n")  # fmt: skip
-    print(f"Held-out demo-line frames: {args.eval_frames}, scored as edge calibrate's report "
-          "does (input size)\n")  # fmt: skip
+    print(
+        f"\nours is {speed:.2f}x faster (target >= 3x); peak RSS ratio ours/ORT {mem:.2f} "
+        f"(target <= 0.5)\n"
+    )
+    print(
+        f"Held-out demo-line frames: {args.eval_frames}, scored as edge calibrate's report "
+        "does (input size)\n"
+    )
     print("| task | metric | FP32 | INT8 etr-edge | INT8 ORT | etr-edge - ORT (95 % CI) |")
     print("|---|---|---:|---:|---:|---|")
     for t, row in metrics.items():
         d = row["ours"] - row["ort"]
         ci = f"{d:+.2f} [{row['ci'][0]:+.2f}, {row['ci'][1]:+.2f}]" if "ci" in row else ""
-        print(f"| {t} | {row['metric']} | {row['fp32']:.2f} | {row['ours']:.2f} | "
-              f"{row['ort']:.2f} | {ci} |")  # fmt: skip
+        print(
+            f"| {t} | {row['metric']} | {row['fp32']:.2f} | {row['ours']:.2f} | "
+            f"{row['ort']:.2f} | {ci} |"
+        )
     print("\n(for MAE lower is better: a negative difference favours etr-edge)")
 
 

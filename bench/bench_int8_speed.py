@@ -89,12 +89,17 @@ def _ort_quantized(
 
     extra = {} if uint8 else {"ActivationSymmetric": True, "WeightSymmetric": True}
     quantize_static(
-        str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ,
+        str(fp32),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8 if uint8 else QuantType.QInt8,
-        weight_type=QuantType.QInt8, per_channel=True,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
         calibrate_method=CalibrationMethod.MinMax if uint8 else CalibrationMethod.Entropy,
-        extra_options=extra, op_types_to_quantize=ops,
-    )  # fmt: skip
+        extra_options=extra,
+        op_types_to_quantize=ops,
+    )
     return out
 
 
@@ -134,17 +139,21 @@ def main() -> None:
         ):
             paths[name] = work / f"{len(paths)}.onnx"
             onnx.save(with_outputs(onnx.load(str(src)), []), str(paths[name]))
-        paths["INT8 ORT QDQ (s8 sym)"] = _ort_quantized(paths["FP32"], work / "ort_s8.onnx",
-                                                       frames.inputs, uint8=False)  # fmt: skip
-        paths["INT8 ORT U8S8"] = _ort_quantized(paths["FP32"], work / "ort_u8.onnx",
-                                                frames.inputs, uint8=True)  # fmt: skip
+        paths["INT8 ORT QDQ (s8 sym)"] = _ort_quantized(
+            paths["FP32"], work / "ort_s8.onnx", frames.inputs, uint8=False
+        )
+        paths["INT8 ORT U8S8"] = _ort_quantized(
+            paths["FP32"], work / "ort_u8.onnx", frames.inputs, uint8=True
+        )
         paths["INT8 ORT U8S8 conv-only"] = _ort_quantized(
             paths["FP32"], work / "ort_u8_conv.onnx", frames.inputs, uint8=True, ops=["Conv"]
         )
         sessions = {k: _session(p, args.threads) for k, p in paths.items()}
         threads = args.threads or "default"
-        print(f"\n{bundle.config.name}, fused graph, ONNX Runtime {ort.__version__} CPU, "
-              f"threads={threads}, {args.iters} interleaved iterations\n")  # fmt: skip
+        print(
+            f"\n{bundle.config.name}, fused graph, ONNX Runtime {ort.__version__} CPU, "
+            f"threads={threads}, {args.iters} interleaved iterations\n"
+        )
         print("| batch | model | median ms | p90 ms | FP32 / model |")
         print("|---:|---|---:|---:|---:|")
         names = list(sessions)

@@ -200,8 +200,9 @@ class PartStats:
     stats: dict[str, TensorStats] = field(default_factory=dict)
 
     def amaxes(self, algorithm: str, *, percentile: float = 99.99) -> dict[str, float]:
-        return {n: compute_amax(self.stats[n], algorithm, percentile=percentile)
-                for n in self.tensors}  # fmt: skip
+        return {
+            n: compute_amax(self.stats[n], algorithm, percentile=percentile) for n in self.tensors
+        }
 
 
 def _frames(feed: Mapping[str, np.ndarray]) -> int:
@@ -255,8 +256,15 @@ class _GraphCollector:
     ``external`` tensors (a head's taps) get their statistics from elsewhere at ``finish``.
     """
 
-    def __init__(self, model: onnx.ModelProto, names: Sequence[str], part: str, *,
-                 external: Collection[str] = (), fetch: Collection[str] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        names: Sequence[str],
+        part: str,
+        *,
+        external: Collection[str] = (),
+        fetch: Collection[str] = (),
+    ) -> None:
         self.part, self.names = part, list(names)
         self.derived = derived_tensors(model, self.names)
         inputs = {i.name for i in model.graph.input}
@@ -340,8 +348,12 @@ def collect_bundle(
             )
     tune_allocator()
     # every tap is fetched from the trunk (even one derived from another): the heads need it
-    main = _GraphCollector(trunk_model, calibration_tensors(trunk_model), trunk,
-                           fetch=[o.name for o in trunk_model.graph.output])  # fmt: skip
+    main = _GraphCollector(
+        trunk_model,
+        calibration_tensors(trunk_model),
+        trunk,
+        fetch=[o.name for o in trunk_model.graph.output],
+    )
     collectors: dict[str, _GraphCollector] = {}
     for p, m in heads.items():
         taps = [i.name for i in m.graph.input]

@@ -278,8 +278,9 @@ def calibration_and_eval_frames(
         return sample_frames(data, spec, count=frames, seed=seed), None
     if eval_data is not None:
         calib = sample_frames(data, spec, count=frames, seed=seed)
-        held = sample_frames(eval_data, spec, count=eval_frames, seed=seed + 1,
-                             what="evaluation data")  # fmt: skip
+        held = sample_frames(
+            eval_data, spec, count=eval_frames, seed=seed + 1, what="evaluation data"
+        )
         return calib, held
     if is_synthetic(data):
         return sample_frames(data, spec, count=frames, seed=seed), demo_line_holdout(

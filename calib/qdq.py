@@ -1,6 +1,6 @@
 """Explicit quantization: Q/DQ ONNX models the way TensorRT wants them (and ONNX Runtime runs).
 
-Rules (TensorRT developer guide, "Q/DQ layer-placement recommendations"; anchors.md §1.5):
+Rules (TensorRT developer guide, "Q/DQ layer-placement recommendations"):
 
 - symmetric int8: every zero point is an int8 0; scale = amax / 127 (the cache's number);
 - weights of Conv / ConvTranspose / Gemm / MatMul: per-channel scales (max |w| / 127 per output

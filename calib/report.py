@@ -121,8 +121,9 @@ def _run_split(
     return {t: np.concatenate(v) for t, v in outs.items()}
 
 
-def _run_fused(model: onnx.ModelProto, inp: ReportInputs, frames: FrameSet, batch: int
-               ) -> dict[str, np.ndarray]:  # fmt: skip
+def _run_fused(
+    model: onnx.ModelProto, inp: ReportInputs, frames: FrameSet, batch: int
+) -> dict[str, np.ndarray]:
     runner = BatchRunner(model)
     outs: dict[str, list[np.ndarray]] = {t: [] for t in inp.tasks}
     for x in frames.batches(batch):
@@ -166,8 +167,9 @@ def build_report(
     """Evaluate FP32 and INT8 on ``frames``; the report as a JSON-ready dict (see module doc)."""
     if len(frames) == 0:
         raise CalibrationError("no evaluation frames; pass --eval-frames > 0")
-    errors = {(p, n): _ErrorSums(s) for p, scales in inp.qdq_scales.items()
-              for n, s in scales.items()}  # fmt: skip
+    errors = {
+        (p, n): _ErrorSums(s) for p, scales in inp.qdq_scales.items() for n, s in scales.items()
+    }
     # a tap quantized in a head is measured once, on the trunk side (same values, same scale)
     trunk_out = {o.name for o in inp.fp32["trunk"].graph.output}
     for key in [k for k in errors if k[0] != "trunk" and k[1] in trunk_out]:
@@ -204,8 +206,9 @@ def build_report(
     return report
 
 
-def _task_entry(spec: TaskSpec, fp: np.ndarray, q: np.ndarray, qf: np.ndarray,
-                target: np.ndarray | None) -> dict[str, Any]:  # fmt: skip
+def _task_entry(
+    spec: TaskSpec, fp: np.ndarray, q: np.ndarray, qf: np.ndarray, target: np.ndarray | None
+) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "kind": spec.kind,
         "agreement": agreement(spec, q, fp),
@@ -214,12 +217,22 @@ def _task_entry(spec: TaskSpec, fp: np.ndarray, q: np.ndarray, qf: np.ndarray,
     if target is not None:
         metric = PRIMARY[spec.kind]
         m_fp, m_q, m_f = (_score(spec, r, target) for r in (fp, q, qf))
-        entry.update(against="labels", metric=metric, fp32=m_fp[metric], int8=m_q[metric],
-                     int8_fused=m_f[metric], all_metrics={"fp32": m_fp, "int8": m_q,
-                                                          "int8_fused": m_f})  # fmt: skip
+        entry.update(
+            against="labels",
+            metric=metric,
+            fp32=m_fp[metric],
+            int8=m_q[metric],
+            int8_fused=m_f[metric],
+            all_metrics={"fp32": m_fp, "int8": m_q, "int8_fused": m_f},
+        )
     else:
-        entry.update(against="fp32", metric="agreement", fp32=100.0,
-                     int8=entry["agreement"], int8_fused=entry["agreement_fused"])  # fmt: skip
+        entry.update(
+            against="fp32",
+            metric="agreement",
+            fp32=100.0,
+            int8=entry["agreement"],
+            int8_fused=entry["agreement_fused"],
+        )
     entry["higher_is_better"] = HIGHER_IS_BETTER[entry["metric"]]
     entry["delta"] = entry["int8"] - entry["fp32"]
     entry["delta_fused"] = entry["int8_fused"] - entry["fp32"]
@@ -257,8 +270,14 @@ def _sensitivity(
                 row["metric"] = agreement(spec, out[t], fp32[t])
             per_task[t] = row
         parts = sorted(p for p, scales in inp.qdq_scales.items() if name in scales)
-        rows.append({"tensor": name, "parts": parts,
-                     "recovered": float(np.mean(recovered)), "tasks": per_task})  # fmt: skip
+        rows.append(
+            {
+                "tensor": name,
+                "parts": parts,
+                "recovered": float(np.mean(recovered)),
+                "tasks": per_task,
+            }
+        )
     rows.sort(key=lambda r: -r["recovered"])
     return {
         "by_task": sensitivity_by_task(rows, inp.tasks),
@@ -268,16 +287,19 @@ def _sensitivity(
     }
 
 
-def sensitivity_by_task(rows: list[dict[str, Any]], tasks: Collection[str]
-                        ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+def sensitivity_by_task(
+    rows: list[dict[str, Any]], tasks: Collection[str]
+) -> dict[str, list[dict[str, Any]]]:
     """Per task, the ``WORST_TENSORS`` tensors whose float copy removes the most of *that* task's
     INT8 output error (the overall ranking averages over tasks, so a tensor that only one head
     is sensitive to can rank low there): ``{task: [{"tensor", "error_reduction"}, ...]}``."""
     out: dict[str, list[dict[str, Any]]] = {}
     for t in tasks:
         ranked = sorted(rows, key=lambda r: -r["tasks"][t]["error_reduction"])[:WORST_TENSORS]
-        out[t] = [{"tensor": r["tensor"], "error_reduction": r["tasks"][t]["error_reduction"]}
-                  for r in ranked]  # fmt: skip
+        out[t] = [
+            {"tensor": r["tensor"], "error_reduction": r["tasks"][t]["error_reduction"]}
+            for r in ranked
+        ]
     return out
 
 
@@ -304,8 +326,10 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             + f", cache header `{cal.get('header')}` (TensorRT {cal.get('target')})",
         ]
         if cal.get("keep_float") or cal.get("keep_float_heads"):
-            lines.append(f"- kept in float: tensors {cal.get('keep_float') or []}, heads "
-                         f"{cal.get('keep_float_heads') or []}")  # fmt: skip
+            lines.append(
+                f"- kept in float: tensors {cal.get('keep_float') or []}, heads "
+                f"{cal.get('keep_float_heads') or []}"
+            )
     if not report.get("tasks"):
         return (
             "\n".join([*lines, "- no evaluation (--eval-frames 0): INT8 accuracy not measured"])
@@ -324,9 +348,13 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             f"{_fmt(e['int8'])} | {e['delta']:+.2f} | {_fmt(e['int8_fused'])} | "
             f"{e['delta_fused']:+.2f} | {_fmt(e['agreement'])} |"
         )
-    lines += ["", "## Tensors with the worst quantization error", "",
-              "| part | tensor | SQNR dB | amax | absmax | clipped % |",
-              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "## Tensors with the worst quantization error",
+        "",
+        "| part | tensor | SQNR dB | amax | absmax | clipped % |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for w in report["worst_tensors"]:
         lines.append(
             f"| {w['part']} | `{w['tensor']}` | {_fmt(w['sqnr_db'], 1)} | {_fmt(w['amax'], 4)} "
@@ -335,22 +363,35 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     sens = report.get("sensitivity")
     if sens:
         tasks = list(report["tasks"])
-        lines += ["", "## Sensitivity (keeping one tensor in float)", "", sens["method"], "",
-                  "| tensor | parts | recovered % | " + " | ".join(tasks) + " |",
-                  "|---|---|---:|" + "---:|" * len(tasks)]  # fmt: skip
+        lines += [
+            "",
+            "## Sensitivity (keeping one tensor in float)",
+            "",
+            sens["method"],
+            "",
+            "| tensor | parts | recovered % | " + " | ".join(tasks) + " |",
+            "|---|---|---:|" + "---:|" * len(tasks),
+        ]
         for r in sens["ranking"][:WORST_TENSORS]:
             cells = " | ".join(_fmt(r["tasks"][t]["metric"]) for t in tasks)
-            lines.append(f"| `{r['tensor']}` | {', '.join(r['parts'])} | "
-                         f"{100 * r['recovered']:.1f} | {cells} |")  # fmt: skip
+            lines.append(
+                f"| `{r['tensor']}` | {', '.join(r['parts'])} | "
+                f"{100 * r['recovered']:.1f} | {cells} |"
+            )
         by_task = sens.get("by_task") or {}
         if by_task:
-            lines += ["", "Per task, the tensors whose float copy removes the most of that "
-                      "task's INT8 output error:", "",
-                      "| task | most sensitive tensors (error removed %) |",
-                      "|---|---|"]  # fmt: skip
+            lines += [
+                "",
+                "Per task, the tensors whose float copy removes the most of that "
+                "task's INT8 output error:",
+                "",
+                "| task | most sensitive tensors (error removed %) |",
+                "|---|---|",
+            ]
             for t, top in by_task.items():
-                cells = ", ".join(f"`{e['tensor']}` {100 * e['error_reduction']:.1f}"
-                                  for e in top[:3])  # fmt: skip
+                cells = ", ".join(
+                    f"`{e['tensor']}` {100 * e['error_reduction']:.1f}" for e in top[:3]
+                )
                 lines.append(f"| {t} | {cells} |")
     return "\n".join(lines) + "\n"
 

@@ -97,8 +97,9 @@ class CalibConfig:
                 "pass more frames or a smaller batch"
             )
         if self.algorithm not in ALGORITHMS:
-            problems.append(f"--algorithm {self.algorithm!r}: expected one of "
-                            f"{', '.join(sorted(ALGORITHMS))}")  # fmt: skip
+            problems.append(
+                f"--algorithm {self.algorithm!r}: expected one of {', '.join(sorted(ALGORITHMS))}"
+            )
         if not 0.0 < self.percentile <= 100.0:
             problems.append(f"--percentile {self.percentile} must be in (0, 100], e.g. 99.99")
         if self.eval_frames < 0:
@@ -178,14 +179,16 @@ def _fused_amaxes(
     out = {f: amaxes[p][n] for f, (p, n) in where.items() if n in amaxes.get(p, {})}
     rest = [n for n in calibration_tensors(fused) if n not in out]
     if rest:
-        extra = collect_stats(fused, ({input_name: x} for x in batches()), part="fused",
-                              tensors=rest)  # fmt: skip
+        extra = collect_stats(
+            fused, ({input_name: x} for x in batches()), part="fused", tensors=rest
+        )
         out.update(extra.amaxes(cfg.algorithm, percentile=cfg.percentile))
     return out
 
 
-def head_nodes(model: onnx.ModelProto, outputs: Collection[str], stop: Collection[str] = ()
-               ) -> set[str]:  # fmt: skip
+def head_nodes(
+    model: onnx.ModelProto, outputs: Collection[str], stop: Collection[str] = ()
+) -> set[str]:
     """Nodes (``node_key``) that compute any of ``outputs``, not looking past ``stop`` tensors
     (the trunk's, in the fused graph). In a merged graph a layer shared by several tasks is
     among them: keeping a head float keeps every layer it depends on float."""
@@ -214,8 +217,9 @@ class _QuantizeInputs:
     """Output tensors of the heads kept in float."""
 
 
-def _quantize_part(part: str, q: _QuantizeInputs, keep: Collection[str]
-                   ) -> tuple[onnx.ModelProto, QdqPlan]:  # fmt: skip
+def _quantize_part(
+    part: str, q: _QuantizeInputs, keep: Collection[str]
+) -> tuple[onnx.ModelProto, QdqPlan]:
     """One part's Q/DQ model; ``keep`` are tensor names of the split parts."""
     model = q.parts[part]
     outputs = {o.name for o in model.graph.output} & q.kept_outputs
@@ -224,8 +228,9 @@ def _quantize_part(part: str, q: _QuantizeInputs, keep: Collection[str]
         stop = {f for f, (p, _n) in q.where.items() if p == "trunk"}
     else:
         keep_t, stop = set(keep), set()
-    return quantize_model(model, q.amaxes[part], keep_float=keep_t,
-                          keep_float_nodes=head_nodes(model, outputs, stop))  # fmt: skip
+    return quantize_model(
+        model, q.amaxes[part], keep_float=keep_t, keep_float_nodes=head_nodes(model, outputs, stop)
+    )
 
 
 def _quantize(q: _QuantizeInputs, cfg: CalibConfig) -> _Quantized:
@@ -235,16 +240,28 @@ def _quantize(q: _QuantizeInputs, cfg: CalibConfig) -> _Quantized:
     return _Quantized(models, plans)
 
 
-def _write_outputs(tmp: Path, bundle: Bundle, caches: Mapping[str, CalibrationCache],
-                   q: _Quantized, meta: Mapping[str, Any]) -> None:  # fmt: skip
+def _write_outputs(
+    tmp: Path,
+    bundle: Bundle,
+    caches: Mapping[str, CalibrationCache],
+    q: _Quantized,
+    meta: Mapping[str, Any],
+) -> None:
     for part, cache in caches.items():
         path = write_cache(tmp / "calib" / f"{part}.cache", cache)
         onnx_file = f"{part}.onnx"
-        write_cache_sidecar(path, {
-            **meta, "part": part, "onnx": onnx_file, "onnx_sha256": bundle.file_hash(onnx_file),
-            "header": cache.header, "tensors": len(cache.scales),
-            "qdq_model": f"int8/{part}.onnx",
-        })  # fmt: skip
+        write_cache_sidecar(
+            path,
+            {
+                **meta,
+                "part": part,
+                "onnx": onnx_file,
+                "onnx_sha256": bundle.file_hash(onnx_file),
+                "header": cache.header,
+                "tensors": len(cache.scales),
+                "qdq_model": f"int8/{part}.onnx",
+            },
+        )
     for part, model in q.models.items():
         path = tmp / "int8" / f"{part}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,63 +304,95 @@ def calibrate_bundle(
     _check_keep(cfg, bundle, split)
     say(f"reading {cfg.frames} calibration + {cfg.eval_frames} evaluation frames")
     calib, held = calibration_and_eval_frames(
-        cfg.data, bundle.input, frames=cfg.frames, seed=cfg.seed,
-        eval_frames=cfg.eval_frames, eval_data=cfg.eval_data,
-    )  # fmt: skip
+        cfg.data,
+        bundle.input,
+        frames=cfg.frames,
+        seed=cfg.seed,
+        eval_frames=cfg.eval_frames,
+        eval_data=cfg.eval_data,
+    )
     t1 = time.perf_counter()
     say(f"collecting statistics of the trunk and {len(split) - 1} heads")
     stats = collect_bundle(split, calib.batches(cfg.batch), input_name=bundle.input.name)
     amaxes = _part_amaxes(stats, cfg)
     t2 = time.perf_counter()
-    caches = {p: CalibrationCache.from_amaxes(cfg.target_version, cfg.algorithm, amaxes[p])
-              for p in stats}  # fmt: skip
+    caches = {
+        p: CalibrationCache.from_amaxes(cfg.target_version, cfg.algorithm, amaxes[p]) for p in stats
+    }
     where = map_tensors(parts["fused"], split)
-    fused_amax = _fused_amaxes(parts, where, amaxes, lambda: calib.batches(cfg.batch), cfg,
-                               bundle.input.name)  # fmt: skip
+    fused_amax = _fused_amaxes(
+        parts, where, amaxes, lambda: calib.batches(cfg.batch), cfg, bundle.input.name
+    )
     say("writing the Q/DQ models")
     qin = _QuantizeInputs(
-        parts, {**amaxes, "fused": fused_amax}, where,
+        parts,
+        {**amaxes, "fused": fused_amax},
+        where,
         frozenset(bundle.tasks[t].output for t in cfg.keep_float_heads),
-    )  # fmt: skip
+    )
     q = _quantize(qin, cfg)
     for part, model in q.models.items():
         check_qdq(model, float_nodes=q.plans[part].float_nodes, where=f"int8/{part}.onnx")
     meta = {
-        "format": "etr-edge-calibration-cache", "etr_edge": __version__,
-        "algorithm": cfg.algorithm, "target_tensorrt": str(cfg.target), "frames": len(calib),
-        "batch": cfg.batch, "seed": cfg.seed, "data": calib.info,
+        "format": "etr-edge-calibration-cache",
+        "etr_edge": __version__,
+        "algorithm": cfg.algorithm,
+        "target_tensorrt": str(cfg.target),
+        "frames": len(calib),
+        "batch": cfg.batch,
+        "seed": cfg.seed,
+        "data": calib.info,
         **({"percentile": cfg.percentile} if cfg.algorithm == "percentile" else {}),
-    }  # fmt: skip
-    report: dict[str, Any] = {"format": REPORT_FORMAT, "format_version": 1, "evaluation": None,
-                              "tasks": {}, "worst_tensors": [], "sensitivity": None}  # fmt: skip
+    }
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "format_version": 1,
+        "evaluation": None,
+        "tasks": {},
+        "worst_tensors": [],
+        "sensitivity": None,
+    }
     if held is not None:
         say(f"evaluating FP32 vs INT8 on {len(held)} held-out frames")
-        report = build_report(_report_inputs(bundle, qin, q, cfg), held, batch=cfg.batch,
-                              sensitivity=cfg.sensitivity)  # fmt: skip
+        report = build_report(
+            _report_inputs(bundle, qin, q, cfg), held, batch=cfg.batch, sensitivity=cfg.sensitivity
+        )
     report["calibration"] = {
-        **meta, "config": cfg.to_dict(), "header": next(iter(caches.values())).header,
-        "target": str(cfg.target), "keep_float": list(cfg.keep_float),
+        **meta,
+        "config": cfg.to_dict(),
+        "header": next(iter(caches.values())).header,
+        "target": str(cfg.target),
+        "keep_float": list(cfg.keep_float),
         "keep_float_heads": list(cfg.keep_float_heads),
         "tensors": {p: len(c.scales) for p, c in caches.items()},
         "qdq": {p: plan.summary() for p, plan in q.plans.items()},
-    }  # fmt: skip
-    report["timing_s"] = {"frames": round(t1 - t0, 3), "statistics": round(t2 - t1, 3),
-                          "total": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    }
+    report["timing_s"] = {
+        "frames": round(t1 - t0, 3),
+        "statistics": round(t2 - t1, 3),
+        "total": round(time.perf_counter() - t0, 3),
+    }
     tmp = Path(tempfile.mkdtemp(prefix=".calibrate.", suffix=".tmp", dir=root))
     try:
         _write_outputs(tmp, bundle, caches, q, meta)
         write_report(report, tmp / "calib")
         files = {
             p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for d in OUTPUT_DIRS for p in sorted((tmp / d).rglob("*")) if p.is_file()
-        }  # fmt: skip
+            for d in OUTPUT_DIRS
+            for p in sorted((tmp / d).rglob("*"))
+            if p.is_file()
+        }
         manifest = dict(bundle.manifest)
         manifest["calibration"] = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "etr_edge": __version__, "config": cfg.to_dict(), "files": files,
-            "summary": {t: {k: e.get(k) for k in ("metric", "fp32", "int8", "delta")}
-                        for t, e in report.get("tasks", {}).items()},
-        }  # fmt: skip
+            "etr_edge": __version__,
+            "config": cfg.to_dict(),
+            "files": files,
+            "summary": {
+                t: {k: e.get(k) for k in ("metric", "fp32", "int8", "delta")}
+                for t, e in report.get("tasks", {}).items()
+            },
+        }
         _swap_in(root, tmp, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -351,8 +400,9 @@ def calibrate_bundle(
     return root
 
 
-def _report_inputs(bundle: Bundle, qin: _QuantizeInputs, q: _Quantized, cfg: CalibConfig
-                   ) -> ReportInputs:  # fmt: skip
+def _report_inputs(
+    bundle: Bundle, qin: _QuantizeInputs, q: _Quantized, cfg: CalibConfig
+) -> ReportInputs:
     def build(keep: Any) -> onnx.ModelProto:
         return _quantize_part("fused", qin, set(cfg.keep_float) | set(keep))[0]
 

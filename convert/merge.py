@@ -1,4 +1,4 @@
-"""All task heads as one graph, in the batched form of paper.md §4.2.
+"""All task heads as one graph, in the batched form (docs/architecture.md, "Merged heads").
 
 When every task is due on a frame, running T small head graphs costs T launches of narrow convs
 (C_p = (1-γ)·C output channels each, which vectorise poorly). The merged graph computes every

@@ -105,11 +105,14 @@ def compare_outputs(
         ref = np.asarray(ref_any, dtype=np.float64)
         got = np.asarray(candidate[name], dtype=np.float64) if name in candidate else None
         problem = (
-            "missing from the TensorRT outputs" if got is None
-            else f"shape {got.shape}, expected {ref.shape}" if got.shape != ref.shape
-            else "NaN or Inf in the TensorRT output" if not np.all(np.isfinite(got))
+            "missing from the TensorRT outputs"
+            if got is None
+            else f"shape {got.shape}, expected {ref.shape}"
+            if got.shape != ref.shape
+            else "NaN or Inf in the TensorRT output"
+            if not np.all(np.isfinite(got))
             else None
-        )  # fmt: skip
+        )
         if problem is not None or got is None:
             reason = problem or "missing from the TensorRT outputs"
             out.append(Comparison(part, name, precision, False, np.inf, np.inf, None, reason))

@@ -156,9 +156,20 @@ class CaptureThread:
         self._started = self._done = False
         self._error: BaseException | None = None
         self._n = dict.fromkeys(
-            ("captured", "delivered", "dropped", "overruns", "max_queued", "discarded",
-             "backpressure_waits", "read_failures", "reopens", "reopen_attempts"), 0,
-        )  # fmt: skip
+            (
+                "captured",
+                "delivered",
+                "dropped",
+                "overruns",
+                "max_queued",
+                "discarded",
+                "backpressure_waits",
+                "read_failures",
+                "reopens",
+                "reopen_attempts",
+            ),
+            0,
+        )
         self._dropped_ids: deque[int] = deque(maxlen=max_recorded_ids)
         self._overrun_ids: deque[int] = deque(maxlen=max_recorded_ids)
         self._pending_overruns: deque[int] = deque(maxlen=max_recorded_ids)

@@ -70,8 +70,9 @@ def _as_feed(batch: Mapping[str, np.ndarray] | np.ndarray, names: Sequence[str])
     if isinstance(batch, Mapping):
         missing = [n for n in names if n not in batch]
         if missing:
-            raise CalibrationError(f"a calibration batch has no input {missing}; it has "
-                                   f"{sorted(batch)}")  # fmt: skip
+            raise CalibrationError(
+                f"a calibration batch has no input {missing}; it has {sorted(batch)}"
+            )
         return {n: np.ascontiguousarray(batch[n]) for n in names}
     if len(names) != 1:
         raise CalibrationError(
@@ -140,8 +141,9 @@ def make_calibrator(
             return int(next(iter(self._shapes.values()))[0][0]) if self._shapes else 1
 
         def get_batch(self, names_asked: list[str]) -> list[int] | None:
-            feed, self._first = (self._first, None) if self._first is not None else (
-                self._next(), None)  # fmt: skip
+            feed, self._first = (
+                (self._first, None) if self._first is not None else (self._next(), None)
+            )
             if feed is None:
                 return None
             for name, arr in feed.items():
@@ -159,8 +161,9 @@ def make_calibrator(
             self.batches_fed += 1
             unknown = [n for n in names_asked if n not in self._buffers]
             if unknown:
-                raise CalibrationError(f"TensorRT asks for inputs {unknown}; the calibrator "
-                                       f"feeds {names}")  # fmt: skip
+                raise CalibrationError(
+                    f"TensorRT asks for inputs {unknown}; the calibrator feeds {names}"
+                )
             return [int(self._buffers[n]) for n in names_asked]
 
         def read_calibration_cache(self) -> bytes | None:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# Module key -> (DLA cores). Source: anchors.md §0.5 (NVIDIA module data sheets).
+# Module key -> (DLA cores). Source: NVIDIA's module data sheets.
 DLA_CORES = {
     "agx-orin": 2,
     "orin-nx-16gb": 2,
@@ -73,7 +73,7 @@ _PART_NUMBERS = {
 }
 
 # Exact L4T releases -> JetPack (NVIDIA JetPack archive, as tabled by jetson_stats'
-# jetson_variables.py; 36.4.4 and 38.2.x from edge.md §3.4 / anchors.md §1.6).
+# jetson_variables.py; 36.4.4 and 38.2.x from NVIDIA's JetPack release notes).
 JETPACK_FOR_L4T = {
     "32.6.1": "4.6",
     "32.7.1": "4.6.1",
@@ -107,7 +107,7 @@ _JETPACK_FAMILY = (
     ("39.", "7.x"),
 )
 
-# L4T prefix -> the TensorRT that JetPack ships (anchors.md §1.6; first match wins).
+# L4T prefix -> the TensorRT that JetPack ships (JetPack release notes; first match wins).
 _TENSORRT_FOR_L4T = (
     ("32.6.", "8.0.1"),
     ("32.7.", "8.2.1"),

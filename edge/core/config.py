@@ -14,7 +14,7 @@ from typing import Any
 from edge.core.errors import ConfigError
 
 PRIMITIVE_KINDS = ("lbc", "gauss", "dilated", "avgpool", "identity", "maxpool")
-"""The fixed, non-learnable primitive kinds (DESIGN.md §1). Only ``maxpool`` is nonlinear."""
+"""The fixed, non-learnable primitive kinds (docs/architecture.md, "The model family"). Only ``maxpool`` is nonlinear."""
 
 LINEAR_PRIMITIVES = frozenset({"lbc", "gauss", "dilated", "avgpool", "identity"})
 
@@ -83,7 +83,7 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """An ETR-NLP network (DESIGN.md §1).
+    """An ETR-NLP network (docs/architecture.md, "The model family").
 
     Stage l = 1..L has width ``widths[l-1]`` and ``depths[l-1]`` layers; its first layer has
     stride 2. Each layer's shared branch has C_s = round(gamma * C) channels, each task branch
@@ -239,7 +239,7 @@ class ModelConfig:
 
 
 def parameter_formula(config: ModelConfig) -> dict[str, object]:
-    """Parameter counts from the formula of DESIGN.md §1 (no model built).
+    """Parameter counts from the formula in docs/architecture.md ("The model family") (no model built).
 
     Per layer (stage l fed by stage i, k primitives, C_s/C_p the shared/task widths):
       shared (learnable): A^l: k·C_s(i)·C_s(l), BN: 2·C_s(l)

@@ -1,5 +1,5 @@
 """The bundle on disk and its manifest: the contract between convert, calibrate, build, run and
-profile (DESIGN.md §2). Imports neither torch nor onnx.
+profile (docs/architecture.md). Imports neither torch nor onnx.
 
     bundle/manifest.json        tasks, input spec, tensor names, file hashes, versions
     bundle/trunk.onnx           image -> shared features of every layer (taps shared_0..shared_n)

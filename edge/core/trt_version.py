@@ -106,7 +106,7 @@ _V11_4_1 = TrtVersion(11, 4, 1)
 class Capabilities:
     """What the engine builder may use with one TensorRT version.
 
-    Sources (anchors.md §1.4, §2; NVIDIA deprecated-API lists and the 10.x -> 11.x migration guide):
+    Sources (NVIDIA deprecated-API lists and the 10.x -> 11.x migration guide):
 
     - ``implicit_int8``: calibrator INT8 (``IInt8EntropyCalibrator2`` + ``BuilderFlag.INT8``);
       deprecated in 10.1, removed in 11.0.

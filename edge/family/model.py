@@ -1,4 +1,4 @@
-"""The ETR-NLP network in PyTorch (DESIGN.md §1), training form.
+"""The ETR-NLP network in PyTorch (docs/architecture.md, "The model family"), training form.
 
     s^l   = ReLU(BN(A^l · cat_i P_i(s^{l-1})))            shared branch: shared stream only
     p_t^l = ReLU(BN(W_t^l ⊛ [s^{l-1}; p_t^{l-1}]))        task branch t: 3x3 conv

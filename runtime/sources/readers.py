@@ -187,8 +187,13 @@ class SyntheticSource(Source):
 
     def _describe_impl(self) -> dict[str, Any]:
         c = self.config
-        return {"frames": self.frames, "fps": self.fps, "width": c.width, "height": c.height,
-                "seed": c.seed}  # fmt: skip
+        return {
+            "frames": self.frames,
+            "fps": self.fps,
+            "width": c.width,
+            "height": c.height,
+            "seed": c.seed,
+        }
 
 
 class OpenCVCaptureSource(Source):

@@ -271,25 +271,38 @@ def _camera_source(uri: str, scheme: str, rest: str, options: SourceOptions, gst
         elif not re.fullmatch(r"/dev/video\d+", str(target)):
             raise _bad_uri(uri, "expected v4l2:///dev/videoN")
         return OpenCVCaptureSource(
-            uri, kind=scheme, target=target, api=cv2.CAP_V4L2, backend="V4L2",
-            hint=_HINTS["usb"], options=options,
-        )  # fmt: skip
+            uri,
+            kind=scheme,
+            target=target,
+            api=cv2.CAP_V4L2,
+            backend="V4L2",
+            hint=_HINTS["usb"],
+            options=options,
+        )
     if scheme in ("rtsp", "rtsps"):
         if not urlsplit(uri).hostname:
             raise _bad_uri(uri, "an RTSP URL needs a host: rtsp://host[:port]/path")
         if gst:
             pipeline = rtsp_pipeline(
-                uri, options.rtsp_latency_ms, jetson=_is_jetson(),
-                width=options.width, height=options.height,
-            )  # fmt: skip
+                uri,
+                options.rtsp_latency_ms,
+                jetson=_is_jetson(),
+                width=options.width,
+                height=options.height,
+            )
             return _gst_source(uri, "rtsp", pipeline, options)
         ms = int(options.read_timeout_s * 1000)
         return OpenCVCaptureSource(
-            uri, kind="rtsp", target=uri, api=cv2.CAP_FFMPEG, backend="FFmpeg",
+            uri,
+            kind="rtsp",
+            target=uri,
+            api=cv2.CAP_FFMPEG,
+            backend="FFmpeg",
             params=(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms),
             env={"OPENCV_FFMPEG_CAPTURE_OPTIONS": FFMPEG_RTSP_OPTIONS},
-            hint=_HINTS["rtsp"], options=options,
-        )  # fmt: skip
+            hint=_HINTS["rtsp"],
+            options=options,
+        )
     if scheme == "csi":
         m = re.fullmatch(r"//(\d+)", rest)
         if not m:

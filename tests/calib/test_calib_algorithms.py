@@ -139,9 +139,16 @@ def test_entropy_never_stops_in_an_empty_bin_of_the_tail() -> None:
     hist[:900] = np.linspace(200_000, 1_000, 900).astype(np.int64)
     hist[900:1400:7] = 3  # sparse tail: one non-empty bin in seven
     hist[1500] = 1
-    s = TensorStats.from_dict({**TensorStats("t").to_dict(), "count": int(hist.sum()),
-                               "counts": hist.tolist(), "min": 0.0, "max": 1500.5 / 128,
-                               "range": 16.0})  # fmt: skip
+    s = TensorStats.from_dict(
+        {
+            **TensorStats("t").to_dict(),
+            "count": int(hist.sum()),
+            "counts": hist.tolist(),
+            "min": 0.0,
+            "max": 1500.5 / 128,
+            "range": 16.0,
+        }
+    )
     div = kl_divergences(hist)
     cand = np.arange(128, 2049)
     beyond = hist.sum() - np.concatenate(([0], np.cumsum(hist)))[cand]

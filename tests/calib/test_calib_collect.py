@@ -41,12 +41,15 @@ def _conv_graph(batch: int | str = "N") -> onnx.ModelProto:
         helper.make_node("Cast", ["shape"], ["shape_f"], to=TensorProto.FLOAT),
     ]
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, 4, 4]),
-         helper.make_tensor_value_info("shape", TensorProto.INT64, [4])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2, 4, 4]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [4]),
+        ],
         [w, b],
-    )  # fmt: skip
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -60,8 +63,9 @@ def test_collect_stats_streams_exactly_what_the_graph_computes() -> None:
     model = _conv_graph()
     rng = np.random.default_rng(1)
     x = rng.normal(size=(10, 2, 4, 4)).astype(np.float32)
-    streamed = collect_stats(model, ({"x": x[i : i + 3]} for i in range(0, 10, 3)),
-                             tensors=["x", "r", "y"])  # fmt: skip
+    streamed = collect_stats(
+        model, ({"x": x[i : i + 3]} for i in range(0, 10, 3)), tensors=["x", "r", "y"]
+    )
     whole = BatchRunner(model, ["r"]).run({"x": x})
     for name, values in (("x", x), ("r", whole["r"]), ("y", whole["y"])):
         ref = TensorStats(name)
@@ -82,9 +86,11 @@ def test_concat_and_transpose_statistics_are_derived_exactly() -> None:
         helper.make_node("Neg", ["t"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 3, 6])],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     names = calibration_tensors(model)
     assert derived_tensors(model, names) == {"c": ["r", "x", "r"], "t": ["c"]}
@@ -103,10 +109,12 @@ def test_batch_runner_falls_back_to_a_fixed_batch() -> None:
     """A batch of 1 baked into a Reshape: the runner feeds slices of the fixed size."""
     shape = numpy_helper.from_array(np.array([1, 2, 2], np.int64), "shape")
     graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2])], [shape],
-    )  # fmt: skip
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2])],
+        [shape],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     out = BatchRunner(model).run({"x": x})
@@ -121,8 +129,10 @@ def test_taps_share_one_statistics_object_and_one_scale(tiny_bundle: Path) -> No
     trunk = stats["trunk"]
     assert set(bundle.tap_names) <= set(trunk.tensors)
     assert "image" not in trunk.tensors  # uint8: never calibrated
-    caches = {p: CalibrationCache.from_amaxes("10.3.0", "entropy", s.amaxes("entropy"))
-              for p, s in stats.items()}  # fmt: skip
+    caches = {
+        p: CalibrationCache.from_amaxes("10.3.0", "entropy", s.amaxes("entropy"))
+        for p, s in stats.items()
+    }
     for part, ps in stats.items():
         if part == "trunk":
             continue

@@ -126,8 +126,9 @@ def test_mixed_precision_keeps_tensors_and_nodes_float(calibrated: dict) -> None
     amaxes = calibrated["amaxes"]["heads/defect"]
     model, plan = quantize_model(head, amaxes, keep_float=["shared_0"])
     assert "shared_0" not in plan.activations and plan.kept_float == ["shared_0"]
-    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "shared_0"
-                   for n in model.graph.node)  # fmt: skip
+    assert not any(
+        n.op_type == "QuantizeLinear" and n.input[0] == "shared_0" for n in model.graph.node
+    )
     conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[0] == "shared_0")
     assert conv.input[1] in _inits(model)  # its weights stay float as well
     assert qdq_problems(model, float_nodes=plan.float_nodes) == []
@@ -144,9 +145,12 @@ def _residual_graph() -> onnx.ModelProto:
         helper.make_node("Add", ["c", "skip"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])], [w],
-    )  # fmt: skip
+        nodes,
+        "res",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [w],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -178,8 +182,9 @@ def test_residual_add_input_is_quantized_conv_output_is_not() -> None:
 
 
 def test_the_check_catches_broken_models(calibrated: dict) -> None:
-    model, _ = quantize_model(calibrated["parts"]["heads/defect"],
-                              calibrated["amaxes"]["heads/defect"])  # fmt: skip
+    model, _ = quantize_model(
+        calibrated["parts"]["heads/defect"], calibrated["amaxes"]["heads/defect"]
+    )
     broken = onnx.ModelProto()
     broken.CopyFrom(model)
     zp = next(t for t in broken.graph.initializer if t.name.endswith("_zero_point"))

@@ -72,8 +72,9 @@ def test_caches_match_the_bundle_and_share_tap_scales(calibrated: Path) -> None:
         assert list(cache.scales) == stats[part].tensors
         expected = set(stats[part].tensors)
         v861 = TrtVersion(8, 6, 1)
-        check_cache_matches(cache, expected_tensors=expected, target=v861, algorithm="entropy",
-                            source=part)  # fmt: skip
+        check_cache_matches(
+            cache, expected_tensors=expected, target=v861, algorithm="entropy", source=part
+        )
         for tap in bundle.tap_names:
             assert cache.scales[tap] == trunk.scales[tap]
         meta = read_cache_sidecar(calibrated / f"calib/{part}.cache")
@@ -119,8 +120,12 @@ def test_holdout_frames_are_not_training_frames() -> None:
 
 def test_mixed_precision_keeps_a_head_float(tiny_bundle: Path, tmp_path: Path) -> None:
     root = _copy(tiny_bundle, tmp_path)
-    cfg = CalibConfig(**{**FAST, "eval_frames": 8}, keep_float_heads=("mask",),
-                      keep_float=("shared_2",), sensitivity=True)  # fmt: skip
+    cfg = CalibConfig(
+        **{**FAST, "eval_frames": 8},
+        keep_float_heads=("mask",),
+        keep_float=("shared_2",),
+        sensitivity=True,
+    )
     calibrate_bundle(root, cfg)
     qdq = ("QuantizeLinear", "DequantizeLinear")
     mask = onnx.load(root / "int8/heads/mask.onnx")
@@ -128,8 +133,9 @@ def test_mixed_precision_keeps_a_head_float(tiny_bundle: Path, tmp_path: Path) -
     defect = onnx.load(root / "int8/heads/defect.onnx")
     assert any(n.op_type in qdq for n in defect.graph.node)
     for model in (defect, onnx.load(root / "int8/trunk.onnx")):
-        assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "shared_2"
-                       for n in model.graph.node)  # fmt: skip
+        assert not any(
+            n.op_type == "QuantizeLinear" and n.input[0] == "shared_2" for n in model.graph.node
+        )
     bundle = load_bundle(root)
     parts = {p: onnx.load(bundle.path(p)) for p in bundle.parts}
     where = map_tensors(parts["fused"], {p: m for p, m in parts.items() if p != "fused"})
@@ -184,8 +190,11 @@ def test_float_input_dynamic_batch_bundle(tmp_path: Path) -> None:
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize(

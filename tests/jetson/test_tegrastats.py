@@ -1,4 +1,4 @@
-"""tegrastats parsing on real lines of every module (edge.md §3.1), and the sampler."""
+"""tegrastats parsing on real lines of every module, and the sampler."""
 
 from __future__ import annotations
 

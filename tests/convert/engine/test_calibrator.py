@@ -32,9 +32,12 @@ def _onnx_bytes() -> bytes:
         helper.make_node("Relu", ["c"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8, 16, 16])], [w],
-    )  # fmt: skip
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8, 16, 16])],
+        [w],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
 
 

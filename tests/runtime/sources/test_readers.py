@@ -139,8 +139,12 @@ def test_image_folder_natural_order_skips_masks_and_other_files(tmp_path: Path) 
     assert isinstance(src, ImageFolderSource)
     frames = read_all(src)
     assert [Path(f.meta["path"]).name for f in frames] == [
-        "img1.png", "img2.png", "img3.bmp", "img4.png", "img10.png",
-    ]  # fmt: skip
+        "img1.png",
+        "img2.png",
+        "img3.bmp",
+        "img4.png",
+        "img10.png",
+    ]
     for f, level in zip(frames, (1, 2, 3, 4, 10)):
         assert f.image.shape == (6, 8, 3)
         assert np.all(f.image == level)  # lossless formats: exact
