@@ -6,11 +6,11 @@ order by ``fold_model`` on a deep copy (the input model is never modified):
 - ``FoldSharedBanksPass``: each shared layer ReLU(BN(A · cat_i P_i(x))) becomes, when its linear
   primitives fold, ReLU(W_eff ⊛ x + b [+ A_max · maxpool(x)]) with
       W_eff[o] = Σ_i A_i[o, :] · embed(K_i)      (A_i: A's block for primitive i)
-  and BN folded into W_eff and b (docs/architecture.md, "Folding"). A dilated 3x3 embeds in a 5x5 kernel, or stays
-  its own dilated 3x3 conv ("split" form) when that is cheaper. ``maxpool`` is nonlinear and stays
-  an op with its own 1x1 (its linear siblings still fold). The pass counts the MACs of every form
-  and keeps the cheapest: a depthwise bank may be cheaper left as constant depthwise convs, in
-  which case only BN folds into the 1x1 and the report says why.
+  and BN folded into W_eff and b (docs/architecture.md, "Folding"). A dilated 3x3 embeds in a 5x5
+  kernel, or stays its own dilated 3x3 conv ("split" form) when that is cheaper. ``maxpool`` is
+  nonlinear and stays an op with its own 1x1 (its linear siblings still fold). The pass counts the
+  MACs of every form and keeps the cheapest: a depthwise bank may be cheaper left as constant
+  depthwise convs, in which case only BN folds into the 1x1 and the report says why.
 - ``FoldTaskBatchNormPass``: each task layer's BN folds into its 3x3 conv.
 
 Either way the fixed primitives end up as constant weights (ONNX initializers), never inputs.

@@ -1,10 +1,10 @@
 """Parse ``tegrastats`` lines of every Jetson module, and sample them during a benchmark.
 
-Line formats (real lines in tests/jetson/data/tegrastats): Orin and Xavier NX print rails as ``VDD_IN 5704mW/5704mW``, Nano
-and TX2 as ``POM_5V_IN 1284/1284`` (also mW); Orin prints the GPU clock per GPC as
-``GR3D_FREQ 0%@[305]`` or ``@[0,0]``, older boards ``GR3D_FREQ 0%@76`` or just ``0%``; CPU cores
-are ``load%@MHz`` or ``off``; temperatures ``name@41.5C``, where ``-256C`` means an absent sensor
-and ``PMIC@100C`` is a dummy value.
+Line formats (real lines in tests/jetson/data/tegrastats): Orin and Xavier NX print rails as
+``VDD_IN 5704mW/5704mW``, Nano and TX2 as ``POM_5V_IN 1284/1284`` (also mW); Orin prints the GPU
+clock per GPC as ``GR3D_FREQ 0%@[305]`` or ``@[0,0]``, older boards ``GR3D_FREQ 0%@76`` or just
+``0%``; CPU cores are ``load%@MHz`` or ``off``; temperatures ``name@41.5C``, where ``-256C`` means
+an absent sensor and ``PMIC@100C`` is a dummy value.
 
 Total power is the module-input rail, never a sum of sub-rails (jetson_stats#51):
 ``VDD_IN`` (Orin NX/Nano, Xavier NX, TX2), ``POM_5V_IN`` (Nano). AGX Orin has no single input

@@ -13,9 +13,9 @@ stand-in for the module, imported on first use and typed as the real module, so 
 every call against the repaired stubs.
 
 INT8 paths (TensorRT developer guide, "Working with Quantized Types"): *implicit* (TensorRT
-8.5-10.x) = ``BuilderFlag.INT8`` + a calibrator that hands TensorRT the bundle's cache (``edge calibrate``) or calibrates on the spot
-from a frame source; *explicit* = the Q/DQ models, the only INT8 path on TensorRT 11 (strongly
-typed; 11 has no FP16/INT8 builder flags).
+8.5-10.x) = ``BuilderFlag.INT8`` + a calibrator that hands TensorRT the bundle's cache (``edge
+calibrate``) or calibrates on the spot from a frame source; *explicit* = the Q/DQ models, the
+only INT8 path on TensorRT 11 (strongly typed; 11 has no FP16/INT8 builder flags).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from typing import Any
 from edge.core.errors import ConfigError
 
 PRIMITIVE_KINDS = ("lbc", "gauss", "dilated", "avgpool", "identity", "maxpool")
-"""The fixed, non-learnable primitive kinds (docs/architecture.md, "The model family"). Only ``maxpool`` is nonlinear."""
+"""The fixed, non-learnable primitive kinds (docs/architecture.md, "The model family"); only
+``maxpool`` is nonlinear."""
 
 LINEAR_PRIMITIVES = frozenset({"lbc", "gauss", "dilated", "avgpool", "identity"})
 
@@ -239,7 +240,7 @@ class ModelConfig:
 
 
 def parameter_formula(config: ModelConfig) -> dict[str, object]:
-    """Parameter counts from the formula in docs/architecture.md ("The model family") (no model built).
+    """Parameter counts from the formula (docs/architecture.md, "The model family"), no model built.
 
     Per layer (stage l fed by stage i, k primitives, C_s/C_p the shared/task widths):
       shared (learnable): A^l: k·C_s(i)·C_s(l), BN: 2·C_s(l)

@@ -3,7 +3,8 @@ checks that run before an engine is deserialized.
 
 - :class:`CudaRuntime`: device 0's *primary* context (the one the CUDA runtime API, and so
   TensorRT, uses; ``Device.retain_primary_context``) and ONE stream shared by every engine in the
-  process, so a trunk and its heads are ordered by the stream alone (docs/architecture.md, "One CUDA stream").
+  process, so a trunk and its heads are ordered by the stream alone (docs/architecture.md, "One
+  CUDA stream").
   Every CUDA call here runs inside :meth:`CudaRuntime.active`, which makes the context current
   on the calling thread (the pipeline may run inference on its own thread).
 - :class:`DeviceBuffer`: one tensor's device memory, allocated once for its largest shape
