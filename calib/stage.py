@@ -48,8 +48,7 @@ from edge.calib.report import (
     write_report,
 )
 from edge.core.errors import BundleError, CalibrationError, EdgeError
-from edge.core.files import sha256_file, write_json
-from edge.core.manifest import MANIFEST, Bundle, load_bundle
+from edge.core.manifest import Bundle, Manifest, file_entries, load_bundle, write_manifest
 from edge.core.trt_version import DEFAULT_TARGET, TrtVersion
 
 OUTPUT_DIRS = ("calib", "int8")
@@ -268,7 +267,7 @@ def _write_outputs(
         onnx.save(model, str(path))
 
 
-def _swap_in(root: Path, tmp: Path, manifest: dict[str, Any]) -> None:
+def _swap_in(root: Path, tmp: Path, manifest: Manifest) -> None:
     """Move tmp/calib and tmp/int8 into the bundle (old ones aside), then write the manifest."""
     old = tmp / ".old"
     old.mkdir()
@@ -279,7 +278,7 @@ def _swap_in(root: Path, tmp: Path, manifest: dict[str, Any]) -> None:
                 os.replace(root / d, old / d)
             moved.append(d)
             os.replace(tmp / d, root / d)
-        write_json(root / MANIFEST, manifest)
+        write_manifest(root, manifest)
     except BaseException:
         for d in moved:
             if (root / d).exists():
@@ -376,23 +375,19 @@ def calibrate_bundle(
     try:
         _write_outputs(tmp, bundle, caches, q, meta)
         write_report(report, tmp / "calib")
-        files = {
-            p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for d in OUTPUT_DIRS
-            for p in sorted((tmp / d).rglob("*"))
-            if p.is_file()
-        }
-        manifest = dict(bundle.manifest)
-        manifest["calibration"] = {
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "etr_edge": __version__,
-            "config": cfg.to_dict(),
-            "files": files,
-            "summary": {
-                t: {k: e.get(k) for k in ("metric", "fp32", "int8", "delta")}
-                for t, e in report.get("tasks", {}).items()
-            },
-        }
+        files = {rel: f.to_dict() for rel, f in file_entries(tmp, list(OUTPUT_DIRS)).items()}
+        manifest = bundle.manifest.with_calibration(
+            {
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "etr_edge": __version__,
+                "config": cfg.to_dict(),
+                "files": files,
+                "summary": {
+                    t: {k: e.get(k) for k in ("metric", "fp32", "int8", "delta")}
+                    for t, e in report.get("tasks", {}).items()
+                },
+            }
+        )
         _swap_in(root, tmp, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,6 @@ nothing behind (and an existing bundle is only replaced with ``force``).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,15 @@ from edge.convert.simplify import simplify_and_check
 from edge.convert.verify import check_parts, demo_frames, enforce_tolerance
 from edge.core.config import ModelConfig, TaskSpec
 from edge.core.errors import ExportError
-from edge.core.files import sha256_file, staged_dir, write_json
-from edge.core.manifest import FORMAT, FORMAT_VERSION, MANIFEST
+from edge.core.files import staged_dir
+from edge.core.manifest import (
+    Manifest,
+    PartEntry,
+    Tap,
+    TaskEntry,
+    file_entries,
+    write_manifest,
+)
 from edge.core.preprocess import InputSpec
 from edge.family.checkpoint import load_checkpoint
 
@@ -146,55 +152,40 @@ def convert_checkpoint(checkpoint: str | Path, cfg: ConvertConfig) -> Path:
     for k, name in enumerate(tap_names(config)):
         stage = 0 if k == 0 else config.layers()[k - 1][0]
         ch = config.shared_channels(stage)
-        taps.append(
-            {
-                "name": name,
-                "layer": k,
-                "stage": stage,
-                "channels": ch,
-                "shape": [cfg.batch if not cfg.dynamic_batch else -1, ch, h >> stage, w >> stage],
-            }
-        )
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {
+        n = -1 if cfg.dynamic_batch else cfg.batch
+        taps.append(Tap(name, k, stage, ch, (n, ch, h >> stage, w >> stage)))
+    manifest = Manifest(
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        model={
             "name": config.name,
             "config": config.to_dict(),
             "checkpoint": {"file": Path(checkpoint).name, "sha256": ckpt.sha256},
             "metrics": ckpt.meta.get("metrics", {}),
         },
-        "input": spec.to_dict(),
-        "batch": (
+        input=spec,
+        batch=(
             {"dynamic": True, "min": 1, "opt": cfg.batch, "max": cfg.max_batch}
             if cfg.dynamic_batch
             else {"dynamic": False, "size": cfg.batch}
         ),
-        "opset": cfg.opset,
-        "taps": taps,
-        "tasks": {
-            t.name: {
-                "kind": t.kind,
-                "labels": list(t.labels),
-                "output": output_name(t),
-                "head": f"heads/{t.name}",
-                "decode": decode_spec(t),
-            }
+        opset=cfg.opset,
+        taps=tuple(taps),
+        tasks={
+            t.name: TaskEntry(t.kind, t.labels, output_name(t), f"heads/{t.name}", decode_spec(t))
             for t in config.tasks
         },
-        "parts": {
-            p: {
-                "file": f"{p}.onnx",
-                "inputs": [i.name for i in protos[p].graph.input],
-                "outputs": [o.name for o in protos[p].graph.output],
-                "simplified": simplified[p],
-            }
+        parts={
+            p: PartEntry(
+                f"{p}.onnx",
+                tuple(i.name for i in protos[p].graph.input),
+                tuple(o.name for o in protos[p].graph.output),
+                simplified[p],
+            )
             for p in protos
         },
-        "merged_heads": "heads_all" if "heads_all" in protos else None,
-        "fold": report.to_dict(),
-        "verification": {
+        merged_heads="heads_all" if "heads_all" in protos else None,
+        fold=report.to_dict(),
+        verification={
             "reference": "PyTorch, training form (unfolded), eval mode",
             "frames": len(frames),
             "source": "demo line, held-out indices",
@@ -203,8 +194,8 @@ def convert_checkpoint(checkpoint: str | Path, cfg: ConvertConfig) -> Path:
                 p: {c.output: c.max_abs_error for c in checks if c.part == p} for p in protos
             },
         },
-        "versions": _versions(),
-    }
+        versions=_versions(),
+    )
     _write_bundle(out, protos, manifest, report.to_markdown(), cfg.force)
     return out
 
@@ -212,7 +203,7 @@ def convert_checkpoint(checkpoint: str | Path, cfg: ConvertConfig) -> Path:
 def _write_bundle(
     out: Path,
     protos: dict[str, onnx.ModelProto],
-    manifest: dict[str, Any],
+    manifest: Manifest,
     report_md: str,
     force: bool,
 ) -> None:
@@ -223,15 +214,6 @@ def _write_bundle(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 onnx.save(proto, str(path))
             (tmp / "fold_report.md").write_text(report_md + "\n")
-            manifest["files"] = {
-                p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                for p in sorted(tmp.rglob("*"))
-                if p.is_file()
-            }
-            write_json(tmp / MANIFEST, manifest)
+            write_manifest(tmp, manifest.with_files(file_entries(tmp)))
     except FileExistsError as e:
         raise ExportError(f"{out} appeared during conversion; pass --force to replace it") from e
-
-
-def read_manifest(bundle: str | Path) -> dict[str, Any]:
-    return dict(json.loads((Path(bundle) / MANIFEST).read_text()))

@@ -189,7 +189,7 @@ def run_selftest(
         taps = ort["trunk"].run({bundle.input.name: image})
         head_feeds.append(taps)
         for part in bundle.parts:
-            inputs = bundle.manifest["parts"][part]["inputs"]
+            inputs = bundle.manifest.parts[part].inputs
             feed = {bundle.input.name: image} if bundle.input.name in inputs else taps
             reference[part].append(ort[part].run({n: feed[n] for n in inputs}))
     comparisons: list[Comparison] = []
@@ -203,7 +203,7 @@ def run_selftest(
             )
             continue
         for part in found:
-            inputs = bundle.manifest["parts"][part]["inputs"]
+            inputs = bundle.manifest.parts[part].inputs
             with create_backend("tensorrt").load(engines / f"{part}.{precision}.engine") as trt:
                 for k, image in enumerate(feeds):
                     feed = (

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import BundleError
+from edge.core.manifest import Manifest
 
 DECODE_TYPES = ("softmax_argmax", "sigmoid_threshold", "affine", "argmax_mask")
 PRIMARY_FIELD = {
@@ -191,10 +192,10 @@ def argmax_channels(raw: np.ndarray) -> np.ndarray:
     return np.argmax(raw, axis=0).astype(np.uint8)
 
 
-def decoders_from_manifest(manifest: Mapping[str, Any]) -> dict[str, Decoder]:
-    """{task: Decoder} from a bundle manifest's "tasks" section."""
+def decoders_from_manifest(manifest: Manifest) -> dict[str, Decoder]:
+    """{task: Decoder} from a bundle manifest's tasks."""
     try:
-        return {t: Decoder(t, info["decode"]) for t, info in manifest["tasks"].items()}
+        return {t: Decoder(t, entry.decode) for t, entry in manifest.tasks.items()}
     except (KeyError, TypeError) as e:
         raise BundleError(
             f"manifest has no decode spec for a task ({e}); re-run edge convert"

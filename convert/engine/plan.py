@@ -81,8 +81,8 @@ def _select_parts(bundle: Bundle, wanted: tuple[str, ...] | None) -> tuple[list[
 def _input_ranges(bundle: Bundle, part: str) -> tuple[ShapeRange, ...]:
     """Each input's shape range from the manifest: the image spec or the trunk's tap shapes."""
     try:
-        names = list(bundle.manifest["parts"][part]["inputs"])
-    except (KeyError, TypeError) as e:
+        names = list(bundle.manifest.parts[part].inputs)
+    except KeyError as e:
         raise BundleError(
             f"{bundle.root}: manifest has no inputs for part '{part}'; re-run edge convert"
         ) from e
@@ -115,7 +115,7 @@ def _input_ranges(bundle: Bundle, part: str) -> tuple[ShapeRange, ...]:
 def _check_calibration_file(bundle: Bundle, path: Path) -> None:
     """An ``edge calibrate`` output must still have the sha256 the manifest lists for it."""
     rel = path.relative_to(bundle.root).as_posix()
-    listed = (bundle.manifest.get("calibration") or {}).get("files", {}).get(rel)
+    listed = (bundle.manifest.calibration or {}).get("files", {}).get(rel)
     if listed and listed.get("sha256") != sha256_file(path):
         raise EngineBuildError(
             f"{bundle.root}/{rel} changed after edge calibrate wrote it (its sha256 differs from "
@@ -289,7 +289,7 @@ def plan_build(
         inputs = _input_ranges(bundle, part)
         if cfg.dla_core is not None and any(s.dynamic for s in inputs):
             notes.append("DLA needs fixed shapes: layers with a dynamic batch fall back to the GPU")
-        outputs = tuple(bundle.manifest["parts"][part]["outputs"])
+        outputs = bundle.manifest.parts[part].outputs
         weak = not strongly
         jobs.append(
             BuildJob(

@@ -49,11 +49,11 @@ def test_writes_every_file_and_lists_it_in_the_manifest(calibrated: Path) -> Non
     found = [p for d in ("calib", "int8") for p in (calibrated / d).rglob("*") if p.is_file()]
     written = {p.relative_to(calibrated).as_posix() for p in found}
     assert written == expected
-    files = bundle.manifest["calibration"]["files"]
+    files = (bundle.manifest.calibration or {})["files"]
     assert set(files) == expected
     for rel, info in files.items():
         assert sha256_file(calibrated / rel) == info["sha256"]
-    assert "calib/trunk.cache" not in bundle.manifest["files"]
+    assert "calib/trunk.cache" not in bundle.manifest.files
     assert not list(calibrated.glob(".calibrate.*"))  # no temporary folder left behind
 
 

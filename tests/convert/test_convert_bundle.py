@@ -32,7 +32,7 @@ def test_bundle_layout_and_manifest(tiny_bundle: Path) -> None:
     }
     heads = ["heads/defect", "heads/attrs", "heads/mask", "heads/angle"]
     assert b.parts == ["trunk", *heads, "heads_all", "fused"]
-    m = b.manifest
+    m = b.manifest.to_dict()
     for rel, info in m["files"].items():
         assert sha256_file(tiny_bundle / rel) == info["sha256"]
     assert m["input"]["dtype"] == "uint8" and m["input"]["layout"] == "NHWC"

@@ -53,7 +53,7 @@ def test_bundle_has_merged_part_named_like_the_heads(tiny_bundle: Path) -> None:
     g = onnx.load(str(b.path("heads_all")))
     assert [i.name for i in g.graph.input] == b.tap_names
     assert [o.name for o in g.graph.output] == [t.output for t in b.tasks.values()]
-    assert "heads_all" in b.manifest["verification"]["max_abs_error"]
+    assert "heads_all" in b.manifest.verification["max_abs_error"]
     # numerically the same as the separate heads on the trunk's taps
     trunk = ort.InferenceSession(str(b.path("trunk")), providers=["CPUExecutionProvider"])
     frame = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -80,7 +81,8 @@ def test_shape_and_spec_errors() -> None:
 
 
 def test_decoders_from_a_real_manifest(tiny_bundle: Path) -> None:
-    decoders = decoders_from_manifest(load_bundle(tiny_bundle).manifest)
+    manifest = load_bundle(tiny_bundle).manifest
+    decoders = decoders_from_manifest(manifest)
     assert {t: d.type for t, d in decoders.items()} == {
         "defect": "softmax_argmax",
         "attrs": "sigmoid_threshold",
@@ -88,8 +90,9 @@ def test_decoders_from_a_real_manifest(tiny_bundle: Path) -> None:
         "angle": "affine",
     }
     assert decoders["defect"].labels == ("ok", "scratch", "hole", "stain")
-    with pytest.raises(BundleError, match="no decode spec"):
-        decoders_from_manifest({"tasks": {"defect": {"kind": "classification"}}})
+    with pytest.raises(BundleError, match="unknown decode type None"):
+        entry = dataclasses.replace(manifest.tasks["defect"], decode={})
+        decoders_from_manifest(dataclasses.replace(manifest, tasks={"defect": entry}))
 
 
 @pytest.mark.parametrize("classes", [2, 3, 5])

@@ -211,9 +211,9 @@ def test_binding_by_name_and_zero_copy_taps(built: tuple[Path, Path]) -> None:
         create_backend("onnxruntime").load(bundle.path("trunk")) as ort_trunk,
         create_backend("onnxruntime").load(bundle.path(head_part)) as ort_head,
     ):
-        manifest = bundle.manifest["parts"]
-        assert [t.name for t in trunk.inputs()] == list(manifest["trunk"]["inputs"])
-        assert {t.name for t in head.inputs()} == set(manifest[head_part]["inputs"])
+        parts = bundle.manifest.parts
+        assert [t.name for t in trunk.inputs()] == list(parts["trunk"].inputs)
+        assert {t.name for t in head.inputs()} == set(parts[head_part].inputs)
         for t in trunk.outputs():  # each output bound, by name, to its own buffer
             assert trunk.tensor_address(t.name) == trunk.device_ptr(t.name)
 

@@ -43,7 +43,7 @@ def test_build_tiny_bundle(bundle_root: Path, precision: str) -> None:
             compute_capability=gpu.compute_capability,
         )
         assert record["part"] == part and record["precision"] == precision
-        assert record["io"]["inputs"][0]["name"] in bundle.manifest["parts"][part]["inputs"]
+        assert record["io"]["inputs"][0]["name"] in bundle.manifest.parts[part].inputs
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         cuda_engine = runtime.deserialize_cuda_engine(engine.read_bytes())
         assert cuda_engine is not None
@@ -51,10 +51,10 @@ def test_build_tiny_bundle(bundle_root: Path, precision: str) -> None:
             cuda_engine.get_tensor_name(i): cuda_engine.get_tensor_mode(i)
             for i in range(cuda_engine.num_io_tensors)
         }
-        manifest = bundle.manifest["parts"][part]
+        manifest = bundle.manifest.parts[part]
         inputs = {n for n, mode in names.items() if mode == trt.TensorIOMode.INPUT}
-        assert inputs == set(manifest["inputs"])
-        assert set(manifest["outputs"]) <= set(names) - inputs
+        assert inputs == set(manifest.inputs)
+        assert set(manifest.outputs) <= set(names) - inputs
     assert (engines[0].parent / "timing.cache").stat().st_size > 0
 
     before = {e: e.stat().st_mtime_ns for e in engines}

@@ -201,7 +201,9 @@ def test_explicit_int8_on_tensorrt_10_is_weakly_typed_with_int8_flag(bundle: Bun
 def test_qdq_model_changed_after_calibration_is_refused(bundle: Bundle) -> None:
     add_qdq(bundle)
     qdq = bundle.root / "int8" / "trunk.onnx"
-    bundle.manifest["calibration"] = {"files": {"int8/trunk.onnx": {"sha256": sha256_file(qdq)}}}
+    bundle.manifest = bundle.manifest.with_calibration(
+        {"files": {"int8/trunk.onnx": {"sha256": sha256_file(qdq)}}}
+    )
     cfg = BuildConfig(precision="int8", int8_mode="explicit", parts=("trunk",))
     assert plan_build(bundle, cfg, "10.3.0", None)[0].onnx == qdq
     qdq.write_bytes(qdq.read_bytes() + b"\0")
