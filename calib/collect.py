@@ -38,6 +38,7 @@ from edge.calib.algorithms import compute_amax
 from edge.calib.histogram import TensorStats
 from edge.calib.stream import Chunker, run_ahead, tune_allocator
 from edge.core.errors import CalibrationError
+from edge.runtime.split import SplitRunner
 
 FLOAT_TYPES = frozenset(
     {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
@@ -274,6 +275,10 @@ class _GraphCollector:
         self.runner = BatchRunner(model, wanted + [n for n in fetch if n not in wanted])
         self.stats: dict[str, TensorStats] = {}
 
+    @property
+    def input_names(self) -> list[str]:
+        return self.runner.input_names
+
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph's outputs for one chunk (thread-safe: touches no statistics)."""
         return self.runner.run(feed)
@@ -359,11 +364,11 @@ def collect_bundle(
         taps = [i.name for i in m.graph.input]
         collectors[p] = _GraphCollector(m, calibration_tensors(m), p, external=taps)
     chunker = Chunker(main.runner.fixed or 1)
+    split = SplitRunner(main, collectors)
 
     def run(feed: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-        outs = {trunk: main.run(feed)}
-        for p, c in collectors.items():
-            outs[p] = c.run({n: outs[trunk][n] for n in c.runner.input_names})
+        outs = split.run(feed)
+        outs[trunk] = outs.pop("trunk")
         return outs
 
     def observe(feed: Mapping[str, np.ndarray], outs: dict[str, dict[str, np.ndarray]]) -> None:

@@ -31,6 +31,7 @@ from edge.core.config import TaskSpec
 from edge.core.errors import CalibrationError
 from edge.core.files import write_json
 from edge.data.metrics import HIGHER_IS_BETTER, PRIMARY, TaskScorer, agreement
+from edge.runtime.split import SplitRunner
 
 REPORT_FORMAT = "etr-edge-calibration-report"
 WORST_TENSORS = 10
@@ -105,12 +106,14 @@ def _run_split(
         for p, m in models.items()
         if p == "trunk" or p in task_parts or want[p]
     }
-    trunk = runners.pop("trunk")
+    split = SplitRunner(runners.pop("trunk"), runners)
     outs: dict[str, list[np.ndarray]] = {t: [] for t in inp.tasks}
     for x in frames.batches(batch):
-        tout = {inp.input_name: x, **trunk.run({inp.input_name: x})}
-        for p, runner in runners.items():
-            hout = {**tout, **runner.run({n: tout[n] for n in runner.input_names})}
+        feed = {inp.input_name: x}
+        part_outs = split.run(feed)
+        tout = {**feed, **part_outs["trunk"]}
+        for p in runners:
+            hout = {**tout, **part_outs[p]}
             for t, head in inp.heads.items():
                 if head == p:
                     outs[t].append(hout[inp.outputs[t]])

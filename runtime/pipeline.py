@@ -49,6 +49,7 @@ from edge.runtime.backends.base import Backend, Taps
 from edge.runtime.backends.registry import create_backend
 from edge.runtime.decode import Decoder, TaskResult, decoders_from_manifest
 from edge.runtime.schedule import Schedule, TaskRule
+from edge.runtime.split import SplitRunner
 
 NOT_RUN = "not run"
 
@@ -96,12 +97,13 @@ class FrameResult:
 
 
 @dataclass(frozen=True)
-class _Step:
+class TaskStep:
+    """One task as the pipeline runs it: its rule, decoder and output tensor name."""
+
     task: str
     rule: TaskRule
     decoder: Decoder
     output: str
-    backend: Backend | None
 
 
 class Pipeline:
@@ -147,20 +149,19 @@ class Pipeline:
             self._loaded.append(b)
             return b
 
+        self.steps = [
+            TaskStep(t, self.schedule.rule(t), self.decoders[t], self.bundle.tasks[t].output)
+            for t in self.schedule.order
+        ]
+        self.parts: SplitRunner | None = None
+        """The loaded trunk, heads (by task) and merged heads, in split mode."""
         try:
-            self.trunk = load("trunk") if split else None
             self.fused = None if split else load("fused")
-            self.steps = [
-                _Step(
-                    t,
-                    self.schedule.rule(t),
-                    self.decoders[t],
-                    self.bundle.tasks[t].output,
-                    load(self.bundle.tasks[t].head) if split else None,
-                )
-                for t in self.schedule.order
-            ]
-            self.merged = self._load_merged(load) if split and merge_heads else None
+            if split:
+                trunk = load("trunk")
+                heads = {s.task: load(self.bundle.tasks[s.task].head) for s in self.steps}
+                merged = self._load_merged(load) if merge_heads else None
+                self.parts = SplitRunner(trunk, heads, merged)
         except BaseException:
             self.close()
             raise
@@ -180,6 +181,15 @@ class Pipeline:
         except EdgeError:
             return None  # e.g. no INT8 / engine artifact of the merged part: per-task heads
         return cast(Backend, load(part))
+
+    @property
+    def trunk(self) -> Backend | None:
+        return self.parts.trunk if self.parts is not None else None
+
+    @property
+    def merged(self) -> Backend | None:
+        """The merged heads part when this pipeline runs it (every task due, none conditional)."""
+        return self.parts.merged if self.parts is not None else None
 
     # -- running --------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> np.ndarray:
@@ -237,9 +247,9 @@ class Pipeline:
 
     def _trunk(self, image: np.ndarray, prepared: np.ndarray | None, t: dict[str, int]) -> Taps:
         x = self._prepare(image, prepared, t)
-        assert self.trunk is not None  # split mode always loads the trunk
-        taps = self.trunk.run_taps({self.spec.name: x})
-        t["trunk"] = self.trunk.last_run_ns
+        assert self.parts is not None  # split mode
+        taps = self.parts.taps({self.spec.name: x})
+        t["trunk"] = self.parts.trunk.last_run_ns
         return taps
 
     def _run_split(
@@ -253,9 +263,11 @@ class Pipeline:
     ) -> None:
         taps = None
         post = 0
-        if self.merged is not None and all(s.rule.due(index, results) for s in self.steps):
-            out = self.merged.run_from_taps(self._trunk(image, prepared, t))
-            t["heads"] = self.merged.last_run_ns
+        parts = self.parts
+        assert parts is not None  # split mode
+        if parts.merged is not None and all(s.rule.due(index, results) for s in self.steps):
+            out = parts.all_heads(self._trunk(image, prepared, t))
+            t["heads"] = parts.merged.last_run_ns
             if pending is not None:  # every task due, none conditional: nothing reads a result
                 pending.update((s.task, (s.decoder, out[s.output][0])) for s in self.steps)
                 return
@@ -269,9 +281,8 @@ class Pipeline:
                 continue
             if taps is None:
                 taps = self._trunk(image, prepared, t)
-            assert s.backend is not None
-            out = s.backend.run_from_taps(taps, [s.output])
-            t[f"head:{s.task}"] = s.backend.last_run_ns
+            out = parts.head(s.task, taps, [s.output])
+            t[f"head:{s.task}"] = parts.heads[s.task].last_run_ns
             t0 = time.perf_counter_ns()
             results[s.task] = s.decoder.decode(out[s.output][0])
             post += time.perf_counter_ns() - t0
@@ -305,11 +316,10 @@ class Pipeline:
         lazy initialisation stay out of the measurements). Does not count as frames."""
         x = self.preprocess(np.zeros((self.spec.height, self.spec.width, 3), np.uint8))
         for _ in range(max(0, runs)):
-            if self.trunk is not None:
-                taps = self.trunk.run_taps({self.spec.name: x})
-                for s in self.steps:
-                    assert s.backend is not None
-                    s.backend.run_from_taps(taps)
+            if self.parts is not None:
+                taps = self.parts.taps({self.spec.name: x})
+                for task in self.parts.heads:
+                    self.parts.head(task, taps)
             if self.fused is not None:
                 self.fused.run({self.spec.name: x})
 

@@ -65,7 +65,7 @@ class PartsRunner:
     name = "parts"
 
     def __init__(self, pipeline: Pipeline) -> None:
-        if pipeline.trunk is None:
+        if pipeline.parts is None:
             raise ConfigError(
                 "the cost model measures a split pipeline (trunk + heads), not a fused one",
                 stage="profile",
@@ -75,25 +75,25 @@ class PartsRunner:
 
     def step(self, image: np.ndarray, record: bool) -> None:
         p = self.pipeline
-        assert p.trunk is not None  # checked in __init__
+        parts = p.parts
+        assert parts is not None  # checked in __init__
         clock = time.perf_counter_ns
         t: dict[str, int] = {}
         start = clock()
         x = p.preprocess(image)
         t["preprocess"] = clock() - start
-        taps = p.trunk.run_taps({p.spec.name: x})
-        t["trunk"] = p.trunk.last_run_ns
+        taps = parts.taps({p.spec.name: x})
+        t["trunk"] = parts.trunk.last_run_ns
         for s in p.steps:
-            assert s.backend is not None
-            out = s.backend.run_from_taps(taps, [s.output])
-            t[f"head:{s.task}"] = s.backend.last_run_ns
+            out = parts.head(s.task, taps, [s.output])
+            t[f"head:{s.task}"] = parts.heads[s.task].last_run_ns
             t0 = clock()
             s.decoder.decode(out[s.output][0])
             t[f"decode:{s.task}"] = clock() - t0
         total = clock() - start
-        if p.merged is not None:  # timed on the same taps, outside the frame's total
-            p.merged.run_from_taps(taps)
-            t["heads"] = p.merged.last_run_ns
+        if parts.merged is not None:  # timed on the same taps, outside the frame's total
+            parts.all_heads(taps)
+            t["heads"] = parts.merged.last_run_ns
         t["overhead"] = max(0, total - sum(t.values()))
         if record:
             self.recorder.add(t, start)

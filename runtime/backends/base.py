@@ -219,6 +219,10 @@ class Backend:
         self._require_loaded()
         return self._outputs
 
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs()]
+
     # -- running ------------------------------------------------------------------------------
     def run(
         self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None

@@ -97,8 +97,13 @@ def test_one_task_runs_the_trunk_and_only_its_head(tiny_bundle: Path) -> None:
         r = p.process(FRAMES[0])
         assert set(r.timings_ns) == {"preprocess", "trunk", "head:defect", "postprocess"}
         assert r.ran == ["defect"] and r.results["mask"] is None
-        assert p.trunk is not None and p.trunk.runs == 1 and p.steps[0].backend is not None
-        assert p.steps[0].backend.runs == 1
+        assert (
+            p.trunk is not None
+            and p.trunk.runs == 1
+            and p.parts is not None
+            and list(p.parts.heads) == ["defect"]
+        )
+        assert p.parts.heads["defect"].runs == 1
 
 
 def test_conditional_head_runs_exactly_where_the_condition_holds(tiny_bundle: Path) -> None:

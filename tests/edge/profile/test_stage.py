@@ -122,7 +122,7 @@ def test_int8_arm_reads_the_qdq_models(tiny_bundle: Path, tmp_path: Path) -> Non
     assert [a.name for a in arms] == ["base", "int8"] and not notes
     with open_arm(bundle, parse_arm("int8", ArmSpec())) as p:
         assert p.trunk is not None and p.trunk.path == root / "int8" / "trunk.onnx"
-        assert {s.backend.path for s in p.steps if s.backend} == {
+        assert p.parts is not None and {b.path for b in p.parts.heads.values()} == {
             root / "int8" / "heads" / f"{t}.onnx" for t in bundle.tasks
         }
 
