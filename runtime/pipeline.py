@@ -28,14 +28,14 @@ sink           every sink for the frame (the JSONL line holds the time up to its
 =============  =================================================================================
 
 The run summary adds ``e2e``: capture -> all sinks done; the JSONL line's ``latency_ms`` is
-capture -> results ready. :class:`StageStats` aggregates timings in constant memory.
+capture -> results ready. :class:`edge.runtime.latency.StageStats` aggregates timings in
+constant memory.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -342,70 +342,3 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class StageStats:
-    """Per-stage count, mean, min, max (exact) and percentiles (within 1 %) of nanosecond
-    durations, in constant memory: a log-spaced histogram per stage. Feed it every frame's
-    ``timings_ns`` (the profiler can reuse it as is)."""
-
-    _LOG_STEP = math.log(1.01)
-
-    def __init__(self) -> None:
-        self._hist: dict[str, dict[int, int]] = {}
-        self._sum: dict[str, int] = {}
-        self._min: dict[str, int] = {}
-        self._max: dict[str, int] = {}
-
-    def add(self, timings_ns: Mapping[str, int]) -> None:
-        for stage, ns in timings_ns.items():
-            self.add_one(stage, ns)
-
-    def add_one(self, stage: str, ns: int) -> None:
-        hist = self._hist.get(stage)
-        if hist is None:
-            hist = self._hist[stage] = {}
-            self._sum[stage], self._min[stage], self._max[stage] = 0, ns, ns
-        b = int(math.log(ns) / self._LOG_STEP) if ns > 0 else -1
-        hist[b] = hist.get(b, 0) + 1
-        self._sum[stage] += ns
-        if ns < self._min[stage]:
-            self._min[stage] = ns
-        elif ns > self._max[stage]:
-            self._max[stage] = ns
-
-    @property
-    def stages(self) -> list[str]:
-        return list(self._hist)
-
-    def count(self, stage: str) -> int:
-        return sum(self._hist.get(stage, {}).values())
-
-    def percentile(self, stage: str, q: float) -> float:
-        """The q-th percentile (0..100) in nanoseconds (bucket centre, clamped to min/max)."""
-        hist = self._hist[stage]
-        n = sum(hist.values())
-        rank = max(1, math.ceil(q / 100.0 * n))
-        seen = 0
-        for b in sorted(hist):
-            seen += hist[b]
-            if seen >= rank:
-                centre = 0.0 if b < 0 else math.exp((b + 0.5) * self._LOG_STEP)
-                return min(max(centre, self._min[stage]), self._max[stage])
-        return float(self._max[stage])
-
-    def summary(self, quantiles: Iterable[float] = (50, 90, 99)) -> dict[str, dict[str, float]]:
-        """{stage: {count, mean_ms, min_ms, p50_ms, ..., max_ms}}."""
-        out = {}
-        for s in self._hist:
-            n = self.count(s)
-            d: dict[str, float] = {
-                "count": n,
-                "mean_ms": self._sum[s] / n / 1e6,
-                "min_ms": self._min[s] / 1e6,
-            }
-            for q in quantiles:
-                d[f"p{q:g}_ms"] = self.percentile(s, q) / 1e6
-            d["max_ms"] = self._max[s] / 1e6
-            out[s] = {k: (round(v, 4) if k != "count" else v) for k, v in d.items()}
-        return out

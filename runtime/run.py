@@ -34,7 +34,8 @@ from edge.core.manifest import load_bundle
 from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread, parse_policy
 from edge.runtime.decode import decoders_from_manifest
-from edge.runtime.pipeline import FrameResult, Pipeline, StageStats
+from edge.runtime.latency import StageStats
+from edge.runtime.pipeline import FrameResult, Pipeline
 from edge.runtime.schedule import build_schedule, read_schedule_file
 from edge.runtime.sinks import (
     AnnotatedSink,

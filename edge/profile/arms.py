@@ -39,8 +39,8 @@ import numpy as np
 
 from edge.core.errors import BundleError, ConfigError
 from edge.core.manifest import Bundle, part_file
-from edge.profile.stats import Recorder, Series, summarize_ns, throughput_fps
 from edge.runtime.decode import decoders_from_manifest
+from edge.runtime.latency import Recorder, Series, summarize_ns, throughput_fps
 from edge.runtime.pipeline import Pipeline
 from edge.runtime.schedule import Schedule, build_schedule, read_schedule_file
 

@@ -45,7 +45,7 @@ from edge.core.errors import ConfigError
 from edge.core.manifest import Bundle, load_bundle
 from edge.profile.arms import ArmRun, ArmSpec
 from edge.profile.interleave import Warmup, run_interleaved
-from edge.profile.stats import Recorder
+from edge.runtime.latency import Recorder
 from edge.runtime.pipeline import Pipeline
 from edge.runtime.schedule import Schedule
 

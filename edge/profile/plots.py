@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import require
-from edge.profile.stats import percentiles
+from edge.runtime.latency import percentiles
 
 DPI = 110
 

@@ -13,7 +13,7 @@ import numpy as np
 from edge.core.errors import ConfigError
 from edge.profile.config import ProfileConfig
 from edge.profile.interleave import ProgressLine, Warmup
-from edge.profile.stats import Recorder, Series, throughput_fps
+from edge.runtime.latency import Recorder, Series, throughput_fps
 from edge.runtime.pipeline import FrameResult
 from edge.runtime.run import RunConfig, run_bundle
 

@@ -13,7 +13,8 @@ from edge.core.preprocess import frames_to_input, opencv_threads
 from edge.data.demo_line import render_frame
 from edge.runtime.backends.ort import OnnxRuntimeBackend
 from edge.runtime.decode import decoders_from_manifest
-from edge.runtime.pipeline import Pipeline, StageStats
+from edge.runtime.latency import StageStats
+from edge.runtime.pipeline import Pipeline
 from edge.runtime.schedule import Schedule, build_schedule
 from tiny_models import make_tiny_bundle
 

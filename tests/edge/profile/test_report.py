@@ -21,7 +21,7 @@ from edge.profile.report import (
     stats_table,
     write_report,
 )
-from edge.profile.stats import summarize_ns
+from edge.runtime.latency import summarize_ns
 
 DATA = Path(__file__).parents[2] / "jetson" / "data" / "tegrastats"
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,6 @@
-"""Latency statistics for the profiler: exact percentiles, streaming-friendly collection.
+"""Latency statistics, the one module for them: exact percentiles for the profiler
+(:class:`Recorder`, :class:`Series`, :func:`summarize_ns`) and constant-memory ones for long runs
+(:class:`StageStats`, ``edge run``'s summary), with the same summary keys.
 
 Durations are collected in integer nanoseconds (``time.perf_counter_ns`` /
 ``time.monotonic_ns``) in compact ``array('q')`` buffers (8 bytes a value, O(1) append, no
@@ -41,13 +43,11 @@ def percentiles(values: Sequence[float] | np.ndarray, qs: Iterable[float]) -> li
     x = np.sort(np.asarray(values, dtype=np.float64).ravel())
     n = x.size
     if n == 0:
-        raise ConfigError(
-            "percentile of an empty series: no samples were measured", stage="profile"
-        )
+        raise ConfigError("percentile of an empty series: no samples were measured")
     out = []
     for q in qs:
         if not 0.0 <= q <= 100.0 or math.isnan(q):
-            raise ConfigError(f"percentile {q!r} is not in 0..100", stage="profile")
+            raise ConfigError(f"percentile {q!r} is not in 0..100")
         virtual = (n - 1) * (np.float64(q) / 100)
         lo = int(np.floor(virtual))
         hi = min(lo + 1, n - 1)
@@ -148,3 +148,70 @@ class Recorder:
 
     def summary(self, quantiles: Iterable[float] = QUANTILES) -> dict[str, dict[str, Any]]:
         return {name: s.summary(quantiles) for name, s in self.series.items()}
+
+
+class StageStats:
+    """Per-stage count, mean, min, max (exact) and percentiles (within 1 %) of nanosecond
+    durations, in constant memory: a log-spaced histogram per stage. Feed it every frame's
+    ``timings_ns`` (the profiler can reuse it as is)."""
+
+    _LOG_STEP = math.log(1.01)
+
+    def __init__(self) -> None:
+        self._hist: dict[str, dict[int, int]] = {}
+        self._sum: dict[str, int] = {}
+        self._min: dict[str, int] = {}
+        self._max: dict[str, int] = {}
+
+    def add(self, timings_ns: Mapping[str, int]) -> None:
+        for stage, ns in timings_ns.items():
+            self.add_one(stage, ns)
+
+    def add_one(self, stage: str, ns: int) -> None:
+        hist = self._hist.get(stage)
+        if hist is None:
+            hist = self._hist[stage] = {}
+            self._sum[stage], self._min[stage], self._max[stage] = 0, ns, ns
+        b = int(math.log(ns) / self._LOG_STEP) if ns > 0 else -1
+        hist[b] = hist.get(b, 0) + 1
+        self._sum[stage] += ns
+        if ns < self._min[stage]:
+            self._min[stage] = ns
+        elif ns > self._max[stage]:
+            self._max[stage] = ns
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self._hist)
+
+    def count(self, stage: str) -> int:
+        return sum(self._hist.get(stage, {}).values())
+
+    def percentile(self, stage: str, q: float) -> float:
+        """The q-th percentile (0..100) in nanoseconds (bucket centre, clamped to min/max)."""
+        hist = self._hist[stage]
+        n = sum(hist.values())
+        rank = max(1, math.ceil(q / 100.0 * n))
+        seen = 0
+        for b in sorted(hist):
+            seen += hist[b]
+            if seen >= rank:
+                centre = 0.0 if b < 0 else math.exp((b + 0.5) * self._LOG_STEP)
+                return min(max(centre, self._min[stage]), self._max[stage])
+        return float(self._max[stage])
+
+    def summary(self, quantiles: Iterable[float] = (50, 90, 99)) -> dict[str, dict[str, float]]:
+        """{stage: {count, mean_ms, min_ms, p50_ms, ..., max_ms}}."""
+        out = {}
+        for s in self._hist:
+            n = self.count(s)
+            d: dict[str, float] = {
+                "count": n,
+                "mean_ms": self._sum[s] / n / 1e6,
+                "min_ms": self._min[s] / 1e6,
+            }
+            for q in quantiles:
+                d[f"p{q:g}_ms"] = self.percentile(s, q) / 1e6
+            d["max_ms"] = self._max[s] / 1e6
+            out[s] = {k: (round(v, 4) if k != "count" else v) for k, v in d.items()}
+        return out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge.core.errors import ConfigError
-from edge.profile.stats import (
+from edge.runtime.latency import (
     STAT_KEYS,
     Recorder,
     Series,
