@@ -26,7 +26,7 @@ their first output) are left in float the same way, which is how a whole head st
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,10 +35,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge.calib.algorithms import MIN_AMAX, scale_from_amax
-from edge.calib.collect import WEIGHTED_OPS, constant_tensors, tensor_types
+from edge.calib.collect import FLOAT_TYPES, WEIGHTED_OPS, constant_tensors, tensor_types
 from edge.core.errors import CalibrationError
 
-FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 MIN_OPSET = 13
 """Per-channel (``axis``) DequantizeLinear needs opset 13."""
@@ -113,12 +112,13 @@ def _preprocessing(model: onnx.ModelProto, types: Mapping[str, int]) -> set[str]
 
 def plan_qdq(
     model: onnx.ModelProto,
-    amaxes: Mapping[str, float],
+    amaxes: Mapping[str, float] | None,
     *,
     keep_float: Collection[str] = (),
     keep_float_nodes: Collection[str] = (),
 ) -> QdqPlan:
-    """Decide every Q/DQ pair of ``model`` (see the module docstring for the rules)."""
+    """Decide every Q/DQ pair of ``model`` (see the module docstring for the rules). ``amaxes``
+    None: placement only, every activation at amax 1 (which tensors a plan needs)."""
     if any(n.op_type in QDQ_OPS for n in model.graph.node):
         raise CalibrationError(
             f"graph '{model.graph.name}' already has QuantizeLinear/DequantizeLinear nodes; "
@@ -146,6 +146,9 @@ def plan_qdq(
             if t not in plan.kept_float:
                 plan.kept_float.append(t)
             return False
+        if amaxes is None:
+            plan.activations[t] = scale_from_amax(1.0)
+            return True
         if t not in amaxes:
             raise CalibrationError(
                 f"graph '{model.graph.name}': tensor '{t}' needs a Q/DQ pair but has no "
@@ -377,22 +380,6 @@ def check_qdq(model: onnx.ModelProto, *, float_nodes: Collection[str] = (), wher
         )
 
 
-class _EveryTensor(Mapping[str, float]):
-    """An amax table that has every tensor (1.0): for asking a plan which tensors it needs."""
-
-    def __getitem__(self, name: str) -> float:
-        return 1.0
-
-    def __contains__(self, name: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
 def qdq_tensors(
     model: onnx.ModelProto,
     *,
@@ -402,5 +389,5 @@ def qdq_tensors(
     """The activation tensors ``quantize_model`` will need an amax for: what a
     calibration that only produces the Q/DQ model has to collect (a TensorRT cache wants every
     tensor: ``collect.calibration_tensors``)."""
-    plan = plan_qdq(model, _EveryTensor(), keep_float=keep_float, keep_float_nodes=keep_float_nodes)
+    plan = plan_qdq(model, None, keep_float=keep_float, keep_float_nodes=keep_float_nodes)
     return list(plan.activations)

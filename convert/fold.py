@@ -50,6 +50,8 @@ class LayerFold:
 @dataclass
 class FoldReport:
     layers: list[LayerFold] = field(default_factory=list)
+    passes: dict[str, bool] = field(default_factory=dict)
+    """Each pass that ran and whether it changed the model."""
 
     def totals(self, prefix: str = "") -> dict[str, int]:
         sel = [x for x in self.layers if x.name.startswith(prefix)]
@@ -60,6 +62,7 @@ class FoldReport:
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "passes": dict(self.passes),
             "layers": [asdict(x) for x in self.layers],
             "trunk": self.totals("shared"),
             "total": self.totals(),
@@ -352,5 +355,7 @@ def fold_model(model: ETRNLP, form: str = "auto") -> tuple[ETRNLP, FoldReport]:
     report = FoldReport()
     deploy = copy.deepcopy(model).eval()
     for p in (FoldSharedBanksPass(report, form), FoldTaskBatchNormPass(report)):
-        deploy = p(deploy).model
+        result = p(deploy)
+        deploy = result.model
+        report.passes[type(p).__name__] = result.changed
     return deploy, report

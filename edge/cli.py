@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge import __version__
 from edge.core.errors import EdgeError
+from edge.core.trt_version import PRECISIONS
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build TensorRT engines on the device (needs TensorRT)")
     b.add_argument("bundle")
-    b.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    b.add_argument("--precision", default="fp16", choices=PRECISIONS)
     b.add_argument(
         "--int8-mode",
         choices=["implicit", "explicit"],
@@ -373,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     r.add_argument(
         "--precision",
-        choices=["fp32", "fp16", "int8"],
+        choices=PRECISIONS,
         help="TensorRT: which engines to load (default fp16)",
     )
     r.add_argument("--fused", action="store_true", help="run fused.onnx (all tasks every frame)")
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--baseline", help="arm the ratio table divides by (default: base)")
     f.add_argument("--report", default="profile-report", help="report folder")
     f.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
-    f.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    f.add_argument("--precision", default="fp32", choices=PRECISIONS)
     f.add_argument("--fused", action="store_true", help="base arm runs fused.onnx")
     f.add_argument("--tasks", help="comma-separated tasks of the base arm")
     f.add_argument("--schedule", help="schedule file for the base arm")

@@ -39,12 +39,12 @@ import numpy as np
 
 from edge.core.errors import BundleError, ConfigError
 from edge.core.manifest import Bundle, part_file
+from edge.core.trt_version import PRECISIONS
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.latency import Recorder, Series, summarize_ns, throughput_fps
 from edge.runtime.pipeline import Pipeline
 from edge.runtime.schedule import Schedule, build_schedule, read_schedule_file
 
-PRECISIONS = ("fp32", "fp16", "int8")
 BACKEND_NAMES = {
     "ort": "onnxruntime",
     "onnxruntime": "onnxruntime",

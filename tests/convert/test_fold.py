@@ -123,3 +123,9 @@ def test_folding_twice_changes_nothing() -> None:
     assert not FoldSharedBanksPass(report)(folded).changed
     assert not FoldTaskBatchNormPass(report)(folded).changed
     assert report.layers == []
+
+
+def test_the_report_says_which_passes_changed_the_model() -> None:
+    _, report = fold_model(_model())
+    assert report.passes == {"FoldSharedBanksPass": True, "FoldTaskBatchNormPass": True}
+    assert report.to_dict()["passes"] == report.passes
