@@ -57,6 +57,14 @@ def _rolling_median(y: np.ndarray, window: int) -> np.ndarray:
     return np.median(view, axis=1)
 
 
+def histogram_cut(ms: np.ndarray) -> tuple[float, int]:
+    """Where a latency histogram's x axis stops, and how many values lie beyond: the maximum,
+    unless the slowest value lies beyond twice the 99.9th percentile (then that percentile)."""
+    p999 = percentiles(ms, (99.9,))[0]
+    hi = float(ms.max()) if ms.max() <= 2 * p999 else p999
+    return hi, int((ms > hi).sum())
+
+
 def plot_histograms(path: Path, stages: Mapping[str, np.ndarray], title: str) -> Path:
     """One histogram per stage (ns in, ms shown), with p50/p90/p99 marked. The x axis stops at
     the 99.9th percentile when the slowest frame lies beyond twice that, so one stray frame
@@ -67,15 +75,14 @@ def plot_histograms(path: Path, stages: Mapping[str, np.ndarray], title: str) ->
     nrows = max(1, -(-len(items) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 2.9 * nrows), squeeze=False)
     for ax, (name, ms) in zip(axes.flat, items):
-        p50, p90, p99, p999 = percentiles(ms, (50, 90, 99, 99.9))
-        hi = float(ms.max()) if ms.max() <= 2 * p999 else p999  # cut only a far outlier
+        p50, p90, p99 = percentiles(ms, (50, 90, 99))
+        hi, beyond = histogram_cut(ms)
         shown = ms[ms <= hi]
         ax.hist(shown, bins=min(50, max(10, shown.size // 8)), color="#4C72B0", alpha=0.85)
         for v, style, label in ((p50, "-", "p50"), (p90, ":", "p90"), (p99, "--", "p99")):
             ax.axvline(
                 v, color="#C44E52", linestyle=style, linewidth=1.3, label=f"{label} {v:.3f} ms"
             )
-        beyond = int((ms > hi).sum())
         ax.set_title(
             f"{name}  (n={ms.size}"
             + (f", {beyond} above {hi:.2f} ms not shown)" if beyond else ")"),

@@ -12,7 +12,7 @@ import pytest
 
 from edge.core.errors import MissingDependencyError
 from edge.jetson.tegrastats import TegrastatsSampler
-from edge.profile.plots import plot_histograms, plot_telemetry
+from edge.profile.plots import histogram_cut, plot_histograms, plot_telemetry
 from edge.profile.report import (
     KEYS,
     PlotData,
@@ -160,9 +160,15 @@ def test_write_report_and_documented_keys(tmp_path: Path) -> None:
 
 
 def test_histogram_cuts_only_a_far_outlier(tmp_path: Path) -> None:
-    vals = np.full(200, 2_000_000)
-    vals[:100] = 1_000_000
+    vals = np.full(2000, 2_000_000)  # enough frames that one stray frame is above the p99.9
+    vals[:1000] = 1_000_000
     vals[-1] = 500_000_000
+    hi, beyond = histogram_cut(vals / 1e6)
+    assert beyond == 1 and 2.0 <= hi < 500.0  # the stray frame is cut, the rest is shown
+    assert histogram_cut(vals[:-1] / 1e6) == (2.0, 0)  # no far outlier: nothing is cut
+    close = vals.copy()
+    close[-1] = 3_000_000  # within twice the 99.9th percentile: kept
+    assert histogram_cut(close / 1e6) == (3.0, 0)
     _png_size(plot_histograms(tmp_path / "h.png", {"trunk": vals}, "t"))
 
 
