@@ -17,6 +17,20 @@ TINY_TASKS = (
 )
 
 
+IR_VERSION = 8
+"""The IR version of hand-built test graphs: onnx.helper stamps the newest (14 with onnx 1.23),
+which ONNX Runtime < 1.31 refuses; 8 is read by every supported ONNX Runtime (>= 1.16)."""
+
+
+def onnx_model(graph: Any, opset: int) -> Any:
+    """A hand-built graph as a model every supported ONNX Runtime loads."""
+    from onnx import helper
+
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION
+    )
+
+
 def tiny_config(**kw: object) -> ModelConfig:
     base: dict[str, object] = dict(
         tasks=TINY_TASKS, widths=(8, 16, 16), depths=(1, 2, 1), gamma=0.75, input_size=(32, 32)

@@ -24,6 +24,7 @@ from edge.calib.histogram import TensorStats
 from edge.core.errors import CalibrationError
 from edge.core.manifest import load_bundle
 from edge.core.preprocess import InputSpec, frames_to_input
+from tiny_models import onnx_model
 
 SPEC = InputSpec(height=32, width=32)
 
@@ -50,7 +51,7 @@ def _conv_graph(batch: int | str = "N") -> onnx.ModelProto:
         ],
         [w, b],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx_model(graph, 17)
 
 
 def test_calibration_tensors_are_the_float_activations_in_graph_order() -> None:
@@ -91,7 +92,7 @@ def test_concat_and_transpose_statistics_are_derived_exactly() -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 3, 6])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model(graph, 17)
     names = calibration_tensors(model)
     assert derived_tensors(model, names) == {"c": ["r", "x", "r"], "t": ["c"]}
     x = np.random.default_rng(2).normal(size=(7, 2, 3, 3)).astype(np.float32) * 5
@@ -115,7 +116,7 @@ def test_batch_runner_falls_back_to_a_fixed_batch() -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2])],
         [shape],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model(graph, 17)
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     out = BatchRunner(model).run({"x": x})
     np.testing.assert_array_equal(out["y"], x.reshape(3, 2, 2))

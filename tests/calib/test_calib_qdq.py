@@ -14,6 +14,7 @@ from edge.calib.data import sample_frames
 from edge.calib.qdq import check_qdq, plan_qdq, qdq_problems, qdq_tensors, quantize_model
 from edge.core.errors import CalibrationError
 from edge.core.manifest import load_bundle
+from tiny_models import onnx_model
 
 WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
@@ -151,7 +152,7 @@ def _residual_graph() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
         [w],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx_model(graph, 17)
 
 
 def test_collecting_only_the_qdq_tensors_gives_the_same_model(calibrated: dict) -> None:

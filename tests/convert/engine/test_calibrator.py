@@ -20,6 +20,7 @@ from edge.calib.cache import read_cache  # noqa: E402
 from edge.convert.engine.calibrator import make_calibrator  # noqa: E402
 from edge.core.errors import CalibrationError  # noqa: E402
 from edge.core.trt_version import TrtVersion  # noqa: E402
+from tiny_models import onnx_model  # noqa: E402
 
 pytestmark = pytest.mark.tensorrt
 
@@ -38,7 +39,7 @@ def _onnx_bytes() -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8, 16, 16])],
         [w],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    return onnx_model(graph, 13).SerializeToString()
 
 
 def _build(calibrator: object) -> object:
