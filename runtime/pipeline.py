@@ -9,27 +9,8 @@ branches as one dense + one grouped conv per layer) runs instead of the heads on
 backend has that artifact (``merge_heads=False`` turns this off). Fused mode runs
 ``fused.onnx`` (every task in one graph) and decodes the tasks the schedule says are due.
 
-Each frame carries its stage timings in nanoseconds (``FrameResult.timings_ns``); a stage that
-did not happen has no key, and the cost is a few dict writes per frame:
-
-=============  =================================================================================
-capture        source read done (``t_capture``) -> frame in the capture queue (includes waiting
-               for space under ``fifo`` backpressure on files/folders)   [run loop]
-queue_wait     in the capture queue, and (overlap) waiting for the inference thread   [run loop]
-preprocess     resize (+ normalise without in-graph preprocessing)
-trunk          the trunk backend call (wall time, feed validation included)
-head:<task>    one head's backend call, on the trunk's taps
-heads          the merged heads graph's call (every task due), instead of head:<task>
-fused          the fused graph's call (fused mode, instead of trunk and heads)
-postprocess    decoding every result of the frame (``edge run`` decodes a merged-heads frame on
-               its sink thread: ``FrameResult.finish``)
-sink           every sink for the frame (the JSONL line holds the time up to its own write; the
-               summary's includes the write)   [run loop]
-=============  =================================================================================
-
-The run summary adds ``e2e``: capture -> all sinks done; the JSONL line's ``latency_ms`` is
-capture -> results ready. :class:`edge.runtime.latency.StageStats` aggregates timings in
-constant memory.
+Each frame carries its stage timings in nanoseconds (``FrameResult.timings_ns``; the stages are
+listed in docs/architecture.md, "Stage timings"); a stage that did not happen has no key.
 """
 
 from __future__ import annotations

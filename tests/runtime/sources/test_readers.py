@@ -1,7 +1,7 @@
 """Sources: opening by URI, video files, folders, the synthetic line, camera open errors.
 
 What every source shares (options, image conversion, redaction) is in
-test_runtime_source_base.py."""
+test_base.py."""
 
 from __future__ import annotations
 
