@@ -22,16 +22,35 @@ import numpy as np
 class Look(Protocol):
     """The settings a scene is drawn with (:class:`edge.data.demo_line.LineConfig` has them)."""
 
-    width: int
-    height: int
-    seed: int
-    belt_speed: float
-    vignette: float
-    brightness: tuple[float, float]
-    color_temperature: float
-    contrast: tuple[float, float]
-    blur_probability: float
-    noise_sigma: tuple[float, float]
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def belt_speed(self) -> float: ...
+
+    @property
+    def vignette(self) -> float: ...
+
+    @property
+    def brightness(self) -> tuple[float, float]: ...
+
+    @property
+    def color_temperature(self) -> float: ...
+
+    @property
+    def contrast(self) -> tuple[float, float]: ...
+
+    @property
+    def blur_probability(self) -> float: ...
+
+    @property
+    def noise_sigma(self) -> tuple[float, float]: ...
 
 
 TAG_LABELS, TAG_RENDER, TAG_STATIC, TAG_DEFECT = 1, 2, 3, 4
