@@ -1,7 +1,9 @@
 """The ``edge`` command line: it parses arguments and calls one stage function per subcommand.
 
 Each subcommand's handler builds the stage's frozen config from the flags and calls the stage;
-user errors (``EdgeError``) are printed as one message and exit with status 2.
+user errors (``EdgeError``) are printed as one message and exit with status 2. Each handler imports
+its stage when it runs: ``edge run`` on a board must not import torch (convert and train do), and
+``edge --help`` stays fast.
 """
 
 from __future__ import annotations

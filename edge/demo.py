@@ -11,7 +11,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.calib.stage import CalibConfig, calibrate_bundle
+from edge.convert.bundle import ConvertConfig, convert_checkpoint
 from edge.core.errors import EdgeError
+from edge.data.datasets import read_video_labels
+from edge.data.demo_line import LineConfig, write_video
+from edge.family.info import describe_checkpoint
+from edge.runtime.run import RunConfig, run_bundle
 
 DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo.pt"
 
@@ -36,8 +42,6 @@ def score_against_labels(results: Path, video: Path) -> str:
     """Per-task agreement of a run's JSONL with the demo video's label sidecar."""
     import json
 
-    from edge.data.datasets import read_video_labels
-
     labels = read_video_labels(video) or []
     by_frame = {int(str(x["frame"])): x for x in labels}
     hits = {"defect": [0, 0], "part": [0, 0]}
@@ -61,8 +65,6 @@ def score_against_labels(results: Path, video: Path) -> str:
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage that exists into ``cfg.out``; return the bundle path."""
-    from edge.convert.bundle import ConvertConfig, convert_checkpoint
-    from edge.family.info import describe_checkpoint
 
     if not Path(cfg.checkpoint).is_file():
         raise EdgeError(
@@ -78,8 +80,6 @@ def run_demo(cfg: DemoConfig) -> Path:
     convert_checkpoint(cfg.checkpoint, ConvertConfig(out=bundle, force=cfg.force))
     print((bundle / "fold_report.md").read_text().rstrip())
 
-    from edge.calib.stage import CalibConfig, calibrate_bundle
-
     _say(
         f"calibrate {bundle} on {cfg.calib_frames} demo-line frames ({cfg.calib_algorithm}, "
         "caches for TensorRT 10.3)"
@@ -89,9 +89,6 @@ def run_demo(cfg: DemoConfig) -> Path:
         CalibConfig(data="synthetic:", frames=cfg.calib_frames, algorithm=cfg.calib_algorithm),
     )
     print((bundle / "calib" / "report.md").read_text().rstrip())
-
-    from edge.data.demo_line import LineConfig, write_video
-    from edge.runtime.run import RunConfig, run_bundle
 
     video = out / "line.mp4"
     _say(
