@@ -113,7 +113,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from edge.convert.engine.build import BuildConfig, build_engines
+    from edge.convert.engine.build import build_engines
+    from edge.convert.engine.config import BuildConfig
 
     cfg = BuildConfig(
         precision=args.precision,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.board import probe_jetson, read_text
-from edge.core.trt_version import installed_tensorrt
+from edge.core.lazy_trt import installed_tensorrt
 
 Runner = Callable[..., Any]
 """A ``subprocess.run``-compatible function: ``run(args, capture_output=True, text=True, ...)``."""

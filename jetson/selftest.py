@@ -26,9 +26,9 @@ import numpy as np
 from edge.core.board import probe_jetson
 from edge.core.device_identity import device_slug, gpu_identity
 from edge.core.errors import EdgeError, MissingDependencyError
+from edge.core.lazy_trt import installed_tensorrt
 from edge.core.manifest import load_bundle
 from edge.core.preprocess import frames_to_input
-from edge.core.trt_version import installed_tensorrt
 from edge.runtime.backends.registry import create_backend
 from edge.runtime.sources.uri import open_source
 

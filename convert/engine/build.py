@@ -1,16 +1,15 @@
 """``edge build``: TensorRT engines from a bundle, built on the device that will run them.
 
-    bundle/engines/<device-slug>/<part>.<precision>.engine        the serialized engine
-    bundle/engines/<device-slug>/<part>.<precision>.engine.json   its sidecar (runtime/sidecar.py)
-    bundle/engines/<device-slug>/timing.cache                     the persistent timing cache
-    bundle/engines/<device-slug>/calib/<part>.cache               caches calibrated on the spot
+    bundle/engines/<device-slug>/<part>.<precision>[.dla<N>].engine   the serialized engine
+    bundle/engines/<device-slug>/<part>.<precision>[.dla<N>].engine.json   its sidecar
+    bundle/engines/<device-slug>/timing.cache               the persistent timing cache
+    bundle/engines/<device-slug>/calib/<part>.cache         caches calibrated on the spot
 
-``plan_build`` (convert/build_plan.py, no TensorRT) decides the jobs; ``run_build_job`` here
-builds one of them with TensorRT: the network and builder config come from
-convert/build_network.py, the INT8 calibrators from convert/build_calibrators.py, the logger and
-progress monitor from convert/build_log.py. ``trt`` (convert/lazy_tensorrt.py) is a lazy
-stand-in for the module, imported on first use and typed as the real module, so mypy checks
-every call against the repaired stubs.
+``plan_build`` (plan.py, no TensorRT) decides the jobs; ``run_build_job`` here builds one of them
+with TensorRT: the network and builder config come from network.py, the INT8 calibrators from
+calibrators.py and calibrator.py, the progress monitor from log.py, the logger from
+edge.core.lazy_trt (the process's one), as is ``trt``, a lazy stand-in for the module typed as
+the real one, so mypy checks every call against the repaired stubs.
 
 INT8 paths (TensorRT developer guide, "Working with Quantized Types"): *implicit* (TensorRT
 8.5-10.x) = ``BuilderFlag.INT8`` + a calibrator that hands TensorRT the bundle's cache (``edge
@@ -26,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.convert.engine.calibrators import CacheUse
-from edge.convert.engine.config import BuildConfig, BuildJob, ShapeRange
-from edge.convert.engine.log import LOG, progress_monitor, say, trt_logger
+from edge.convert.engine.config import BuildConfig, BuildJob
+from edge.convert.engine.log import progress_monitor, say
 from edge.convert.engine.network import (
     check_network,
     configure_builder,
@@ -35,12 +34,12 @@ from edge.convert.engine.network import (
     parse_onnx,
     save_timing_cache,
 )
-from edge.convert.engine.plan import PART_GROUPS, engine_is_current, plan_build
+from edge.convert.engine.plan import engine_is_current, plan_build
 from edge.core.board import probe_jetson
-from edge.core.device_identity import GpuIdentity, device_slug, gpu_identity
+from edge.core.device_identity import gpu_identity
 from edge.core.errors import EngineBuildError
 from edge.core.files import sha256_file, write_bytes
-from edge.core.lazy_trt import import_tensorrt
+from edge.core.lazy_trt import LOG, import_tensorrt, module_version, trt_logger
 from edge.core.manifest import load_bundle
 from edge.core.sidecar import sidecar_path, write_sidecar
 from edge.core.trt_version import feature_check
@@ -49,20 +48,6 @@ if TYPE_CHECKING:
     import tensorrt as trt  # noqa: TID251  (types only; the module is imported lazily)
 else:
     from edge.core.lazy_trt import trt
-
-__all__ = [
-    "PART_GROUPS",
-    "BuildConfig",
-    "BuildJob",
-    "GpuIdentity",
-    "ShapeRange",
-    "build_engines",
-    "device_slug",
-    "engine_is_current",
-    "gpu_identity",
-    "plan_build",
-    "run_build_job",
-]
 
 
 def _sidecar_info(
@@ -82,6 +67,7 @@ def _sidecar_info(
             "l4t": dev.l4t if dev else None,
             "jetpack": dev.jetpack if dev else None,
             "module": dev.module if dev else None,
+            "dla_cores": dev.dla_cores if dev else 0,
         },
         "dla_core": job.dla_core,
         "dla_gpu_fallback_layers": fallback,
@@ -105,7 +91,7 @@ def run_build_job(job: BuildJob) -> Path:
     for note in job.notes:
         say(label, f"note: {note}")
     say(label, job.describe())
-    logger = trt_logger(label, job.verbose)
+    logger = trt_logger(f"build {label}", job.verbose)
     builder = trt.Builder(logger)
     network, parser = parse_onnx(job, builder, logger)
     io = check_network(job, network)
@@ -120,6 +106,9 @@ def run_build_job(job: BuildJob) -> Path:
     t0 = time.monotonic()
     plan = builder.build_serialized_network(network, config)
     took = time.monotonic() - t0
+    feeder = getattr(calibrator, "feeder", None)  # calibrating on the spot (calibrator.py)
+    if feeder is not None:  # what TensorRT's binding swallowed, and short calibrations
+        feeder.check(job.calibrate_frames)
     if plan is None or plan.nbytes == 0:
         why = "; ".join(LOG.errors[-4:]) or "TensorRT gave no reason"
         if use.asked_for_batches:
@@ -145,7 +134,8 @@ def build_engines(bundle_path: str | os.PathLike[str], cfg: BuildConfig) -> list
     """``edge build``: plan with the installed TensorRT (feature-tested) and this device, build
     every selected engine that is not already current (all of them with ``cfg.force``); returns
     the engine paths in bundle order."""
-    caps = feature_check(import_tensorrt())
+    lib = import_tensorrt()
+    caps = feature_check(lib, module_version(lib))
     device = probe_jetson()
     gpu = gpu_identity(device)
     bundle = load_bundle(Path(bundle_path))

@@ -11,29 +11,32 @@ pycuda device buffers, and reads and writes the same cache file format (``calib/
     config.set_flag(trt.BuilderFlag.INT8)
     config.int8_calibrator = calibrator
 
-API (TensorRT Python docs, ``IInt8Calibrator``): ``get_batch(names) -> list[int] | None`` returns
-one device pointer per input, in ``names`` order, or None when the batches are exhausted;
+API (TensorRT Python docs, ``IInt8Calibrator``): ``get_batch(names) -> list[int]`` returns
+one device pointer per input, in ``names`` order, or [] when the batches are exhausted;
 ``get_batch_size()``; ``read_calibration_cache() -> bytes | None`` (bytes: TensorRT uses the
 cache instead of calibrating); ``write_calibration_cache(cache)``. The base class ``__init__``
 must be called explicitly. For a network with dynamic shapes, TensorRT also needs
 ``config.set_calibration_profile(profile)`` (one fixed shape).
 
 tensorrt and pycuda are imported only inside ``make_calibrator``: this module imports on any
-machine, and only calling it needs a GPU.
+machine, and only calling it needs a GPU. :class:`BatchFeeder` is the TensorRT-free part: it
+counts what TensorRT consumed and keeps the errors TensorRT's binding would swallow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.calib.cache import check_cache_matches, parse_cache
-from edge.core.errors import CalibrationError
+from edge.core.errors import CalibrationError, EngineBuildError
 from edge.core.files import write_bytes
+from edge.core.lazy_trt import import_tensorrt
 from edge.core.trt_version import TrtVersion
+from edge.runtime.backends.trt_cuda import pycuda_driver
 
 KINDS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 """Calibrator kind -> the algorithm name in its cache header."""
@@ -66,6 +69,21 @@ def validated_cache(
     return data
 
 
+INDEX_DTYPES = ("int32", "int64", "bool")
+"""Calibration inputs TensorRT takes as they are; every other input is fed as float32."""
+
+
+def calibration_array(array: np.ndarray) -> np.ndarray:
+    """A calibration input as TensorRT reads it: contiguous, and float32 unless it is an index
+    type (int32, int64, bool). TensorRT requires non-index calibration inputs in float32 (it
+    reads 4 bytes per element; Polygraphy forces them since v0.49.10), so uint8 frames are
+    uploaded as float32 0-255."""
+    a = np.asarray(array)
+    if a.dtype.name not in INDEX_DTYPES:
+        a = a.astype(np.float32, copy=False)
+    return np.ascontiguousarray(a)
+
+
 def _as_feed(batch: Mapping[str, np.ndarray] | np.ndarray, names: Sequence[str]) -> dict[str, Any]:
     if isinstance(batch, Mapping):
         missing = [n for n in names if n not in batch]
@@ -73,13 +91,112 @@ def _as_feed(batch: Mapping[str, np.ndarray] | np.ndarray, names: Sequence[str])
             raise CalibrationError(
                 f"a calibration batch has no input {missing}; it has {sorted(batch)}"
             )
-        return {n: np.ascontiguousarray(batch[n]) for n in names}
+        return {n: calibration_array(batch[n]) for n in names}
     if len(names) != 1:
         raise CalibrationError(
             f"the network has {len(names)} inputs {list(names)}; give each batch as a dict "
             "input name -> array"
         )
-    return {names[0]: np.ascontiguousarray(batch)}
+    return {names[0]: calibration_array(batch)}
+
+
+class BatchFeeder:
+    """The Python side of an INT8 calibrator, without TensorRT: one device pointer per input
+    name for each batch, counted, and errors kept rather than raised.
+
+    TensorRT's binding (python/src/infer/pyInt8.cpp, 8.5-10.x) wraps ``get_batch``,
+    ``get_batch_size``, ``read_calibration_cache`` and ``write_calibration_cache`` in
+    ``try { ... } catch (std::exception const& e) { std::cerr << "[ERROR] Exception caught in
+    get_batch(): " ... }`` and then returns false ("no more batches"): an exception would end
+    calibration quietly and the build would succeed on fewer frames. So ``get_batch`` and
+    ``guard`` never raise; the first error is kept in ``error`` and ``check`` raises it after
+    ``build_serialized_network``, and refuses a calibration that saw fewer frames than asked.
+    ``upload(name, array)`` copies one input to the device and returns its address.
+    """
+
+    def __init__(
+        self,
+        batches: Iterable[Mapping[str, np.ndarray] | np.ndarray],
+        names: Sequence[str],
+        upload: Callable[[str, np.ndarray], int],
+    ) -> None:
+        self.names = list(names)
+        self._batches = iter(batches)
+        self._upload = upload
+        self._specs: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+        self.batches_fed = 0
+        self.frames_fed = 0
+        self.asked = False
+        """TensorRT asked for a batch (it calibrates rather than using a cache)."""
+        self.error: BaseException | None = None
+        self._first = self._next()  # read now: get_batch_size needs its shape
+
+    def _next(self) -> dict[str, Any] | None:
+        try:
+            return _as_feed(next(self._batches), self.names)
+        except StopIteration:
+            return None
+
+    def batch_size(self) -> int:
+        feed = self._first
+        if feed is not None:
+            return int(next(iter(feed.values())).shape[0])
+        return int(next(iter(self._specs.values()))[0][0]) if self._specs else 1
+
+    def get_batch(self, names_asked: Sequence[str]) -> list[int]:
+        """Pointers for ``names_asked`` in that order, or [] (no more batches, or an error)."""
+        self.asked = True
+        if self.error is not None:
+            return []
+        try:
+            return self._feed(list(names_asked))
+        except BaseException as e:  # the binding would swallow it: keep it for check()
+            self.error = e
+            return []
+
+    def guard(self, call: Callable[[], Any], default: Any) -> Any:
+        """Run another callback for TensorRT: its result, or ``default`` with the error kept."""
+        try:
+            return call()
+        except BaseException as e:
+            self.error = self.error or e
+            return default
+
+    def _feed(self, names_asked: list[str]) -> list[int]:
+        unknown = [n for n in names_asked if n not in self.names]
+        if unknown:
+            raise CalibrationError(
+                f"TensorRT asks for inputs {unknown}; the calibrator feeds {self.names}"
+            )
+        feed, self._first = (self._first, None) if self._first is not None else (self._next(), None)
+        if feed is None:
+            return []
+        ptrs = {}
+        for name, arr in feed.items():
+            spec = (tuple(arr.shape), arr.dtype)
+            known = self._specs.setdefault(name, spec)
+            if known != spec:
+                raise CalibrationError(
+                    f"calibration batch {self.batches_fed}: input '{name}' is "
+                    f"{arr.dtype}{list(arr.shape)}, the device buffer was made for "
+                    f"{known[1]}{list(known[0])}; give equal batches (drop a short last one)"
+                )
+            ptrs[name] = int(self._upload(name, arr))
+        self.batches_fed += 1
+        self.frames_fed += int(next(iter(feed.values())).shape[0])
+        return [ptrs[n] for n in names_asked]
+
+    def check(self, frames_wanted: int | None = None) -> None:
+        """After the build: raise the error a callback kept; refuse a calibration that
+        consumed fewer than ``frames_wanted`` frames (CalibrationError)."""
+        if self.error is not None:
+            raise self.error
+        if self.asked and frames_wanted is not None and self.frames_fed < frames_wanted:
+            raise CalibrationError(
+                f"TensorRT calibrated on {self.frames_fed} frames ({self.batches_fed} batches), "
+                f"fewer than the {frames_wanted} asked: the frame source ran out; give a source "
+                "with more frames or a smaller --calibrate-frames"
+            )
 
 
 def make_calibrator(
@@ -94,83 +211,66 @@ def make_calibrator(
     """A TensorRT INT8 calibrator of ``kind`` ('entropy' -> IInt8EntropyCalibrator2, 'minmax'
     -> IInt8MinMaxCalibrator) over ``batches`` (arrays, or dicts input name -> array).
 
-    Device buffers are allocated once, for the first batch's shapes; every batch must have
-    those shapes (the last may not be smaller: drop it). An existing ``cache_path`` is checked
-    now (``validated_cache``) and then given to TensorRT, which skips calibration; TensorRT's
-    own cache is checked and written atomically when it calibrates.
+    Its ``feeder`` (:class:`BatchFeeder`) uploads each batch as float32 (index inputs as they
+    are) into device buffers allocated once; every batch must have the first one's shapes.
+    After the build, call ``calibrator.feeder.check(frames)``. An existing ``cache_path`` is
+    checked now (``validated_cache``) and then given to TensorRT, which skips calibration;
+    TensorRT's own cache is checked and written atomically when it calibrates. TensorRT 11
+    has no calibrators: EngineBuildError saying to use explicit INT8.
     """
     if kind not in KINDS:
         raise CalibrationError(f"calibrator kind '{kind}'; expected one of {sorted(KINDS)}")
     names = list(input_names)
     if not names:
         raise CalibrationError("the calibrator needs the network's input names")
+    trt = import_tensorrt()
+    class_name = "IInt8EntropyCalibrator2" if kind == "entropy" else "IInt8MinMaxCalibrator"
+    base: Any = getattr(trt, class_name, None)
+    if base is None:  # TensorRT 11 deleted pyInt8.cpp: no IInt8* classes, no int8_calibrator
+        raise EngineBuildError(
+            f"implicit INT8 was removed in TensorRT 11 (this is {trt.__version__}, it has no "
+            f"{class_name}): use --int8-mode explicit (the Q/DQ models of edge calibrate)"
+        )
     path = Path(cache_path)
     existing = validated_cache(path, kind, expected_tensors=expected_tensors, target=target)
-
-    import pycuda.driver as cuda  # noqa: TID251  (TensorRT modules import pycuda lazily)
-    import tensorrt as trt  # noqa: TID251  (only the device has TensorRT)
-
+    cuda = pycuda_driver()
     cuda.init()
     if cuda.Context.get_current() is None:
         import pycuda.autoinit  # noqa: F401, TID251  (creates and pushes a context)
 
-    base = trt.IInt8EntropyCalibrator2 if kind == "entropy" else trt.IInt8MinMaxCalibrator
+    buffers: dict[str, Any] = {}
+
+    def upload(name: str, array: np.ndarray) -> int:
+        if name not in buffers:  # the feeder checked that every batch has the first's shape
+            buffers[name] = cuda.mem_alloc(array.nbytes)
+        cuda.memcpy_htod(buffers[name], array)
+        return int(buffers[name])
+
+    feeder = BatchFeeder(batches, names, upload)
 
     class EdgeCalibrator(base):  # type: ignore[misc, valid-type]
-        """Streams etr-edge batches to TensorRT through device buffers allocated once."""
+        """Streams etr-edge batches to TensorRT through ``feeder``; never raises into it."""
 
         def __init__(self) -> None:
-            base.__init__(self)
+            base.__init__(self)  # the trampoline needs the base class initialised
             self.cache_path = path
-            self.batches_fed = 0
-            self._batches = iter(batches)
-            self._buffers: dict[str, Any] = {}
-            self._shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
-            self._first = self._next()
+            self.feeder = feeder
+            self.buffers = buffers  # kept alive as long as the calibrator
             self._cache = existing
 
-        def _next(self) -> dict[str, Any] | None:
-            try:
-                return _as_feed(next(self._batches), names)
-            except StopIteration:
-                return None
-
         def get_batch_size(self) -> int:
-            if self._first is not None:
-                return int(next(iter(self._first.values())).shape[0])
-            return int(next(iter(self._shapes.values()))[0][0]) if self._shapes else 1
+            return int(feeder.guard(feeder.batch_size, 1))
 
-        def get_batch(self, names_asked: list[str]) -> list[int] | None:
-            feed, self._first = (
-                (self._first, None) if self._first is not None else (self._next(), None)
-            )
-            if feed is None:
-                return None
-            for name, arr in feed.items():
-                spec = (arr.shape, arr.dtype)
-                if name not in self._buffers:
-                    self._buffers[name] = cuda.mem_alloc(arr.nbytes)
-                    self._shapes[name] = spec
-                elif self._shapes[name] != spec:
-                    raise CalibrationError(
-                        f"calibration batch {self.batches_fed}: input '{name}' is "
-                        f"{arr.dtype}{arr.shape}, the device buffer was made for "
-                        f"{self._shapes[name][1]}{self._shapes[name][0]}; give equal batches"
-                    )
-                cuda.memcpy_htod(self._buffers[name], arr)
-            self.batches_fed += 1
-            unknown = [n for n in names_asked if n not in self._buffers]
-            if unknown:
-                raise CalibrationError(
-                    f"TensorRT asks for inputs {unknown}; the calibrator feeds {names}"
-                )
-            return [int(self._buffers[n]) for n in names_asked]
+        def get_batch(self, names_asked: list[str]) -> list[int]:
+            return feeder.get_batch(names_asked)
 
         def read_calibration_cache(self) -> bytes | None:
             return self._cache
 
         def write_calibration_cache(self, cache: Any) -> None:
-            data = bytes(cache)
+            feeder.guard(lambda: self._write(bytes(cache)), None)  # a copy: valid during the call
+
+        def _write(self, data: bytes) -> None:
             parse_cache(data.decode("utf-8"), source=f"TensorRT's cache for {self.cache_path}")
             write_bytes(self.cache_path, data)
             self._cache = data

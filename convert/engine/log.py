@@ -1,9 +1,9 @@
 """What ``edge build`` prints: its own lines, TensorRT's log and the build's progress.
 
-Everything goes to stderr as ``[build <part>.<precision>] ...``. TensorRT keeps the first logger
-it is given for the whole process, so ``trt_logger`` makes one and points it at the current job;
-the errors it collects go into ``EngineBuildError`` messages. ``progress_monitor`` prints the
-top build phases (TensorRT 10+).
+Everything goes to stderr as ``[build <part>.<precision>] ...``. TensorRT's own log comes through
+the process's one logger (edge.core.lazy_trt.trt_logger), pointed at the current job; the errors
+it collects go into ``EngineBuildError`` messages. ``progress_monitor`` prints the top build
+phases (TensorRT 9+).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,39 +21,6 @@ else:
 
 def say(label: str, msg: str) -> None:
     print(f"[build {label}] {msg}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class LogState:
-    """What the process-wide logger reports to: the current job's label and its errors."""
-
-    label: str = ""
-    verbose: bool = False
-    errors: list[str] = field(default_factory=list)
-
-
-LOG = LogState()
-_LOGGER: list[trt.ILogger] = []
-
-
-def trt_logger(label: str, verbose: bool) -> trt.ILogger:
-    """One TensorRT logger per process (TensorRT keeps the first one it is given); it prints
-    warnings and errors (everything with ``verbose``) and keeps the errors for messages."""
-    LOG.label, LOG.verbose, LOG.errors = label, verbose, []
-    if not _LOGGER:
-
-        class _Logger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-
-            def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-                if int(severity) <= int(trt.ILogger.ERROR):
-                    LOG.errors.append(msg)
-                if int(severity) <= int(trt.ILogger.WARNING) or LOG.verbose:
-                    say(LOG.label, f"TensorRT {severity.name}: {msg}")
-
-        _LOGGER.append(_Logger())
-    return _LOGGER[0]
 
 
 def progress_monitor(label: str) -> trt.IProgressMonitor:

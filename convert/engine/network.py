@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from edge.convert.engine.calibrator import make_calibrator
 from edge.convert.engine.calibrators import CacheUse, cache_calibrator, calibration_batches
 from edge.convert.engine.config import BuildJob
-from edge.convert.engine.log import LOG, say
+from edge.convert.engine.log import say
 from edge.core.errors import EngineBuildError
 from edge.core.files import write_bytes
+from edge.core.lazy_trt import LOG
 
 if TYPE_CHECKING:
     import tensorrt as trt  # noqa: TID251  (types only; the module is imported lazily)

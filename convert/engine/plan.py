@@ -10,14 +10,13 @@ into one ``BuildJob`` per part, refusing options that cannot work before anythin
 - which network flags and builder flags (EXPLICIT_BATCH before 10, STRONGLY_TYPED on 11,
   FP16/INT8 only where the builder still has them), DLA core and GPU fallback;
 - the optimization profile of a dynamic batch, from the manifest's batch range and shapes;
-- the output path ``bundle/engines/<device-slug>/<part>.<precision>.engine``.
+- the output path ``bundle/engines/<device-slug>/<part>.<precision>[.dla<N>].engine``.
 
-The slug names the module (or GPU), the compute capability and the TensorRT version, e.g.
-``orin-nano-sm87-trt10.3.0``: engines are not portable across any of them, so a JetPack upgrade
-builds into a new folder instead of overwriting engines another board may still use.
-
-The options and jobs are defined in convert/build_config.py, the device identity and the slug
-in convert/device_identity.py; both are importable from here too.
+The slug names the module (or GPU), the compute capability and the full TensorRT version, e.g.
+``orin-nano-sm87-trt10.3.0.30``: engines are not portable across any of them (TensorRT refuses
+another build number), so a JetPack upgrade builds into a new folder instead of overwriting
+engines another board may still use. The options and jobs are defined in config.py, the device
+identity and the slug in edge.core.device_identity.
 """
 
 from __future__ import annotations
@@ -28,24 +27,12 @@ from pathlib import Path
 from edge.calib.cache import read_cache, read_cache_sidecar
 from edge.convert.engine.config import BuildConfig, BuildJob, ShapeRange
 from edge.core.board import JetsonInfo
-from edge.core.device_identity import GpuIdentity, device_slug, gpu_identity
+from edge.core.device_identity import GpuIdentity, device_slug
 from edge.core.errors import BundleError, CalibrationError, EngineBuildError, EngineMismatchError
 from edge.core.files import sha256_file
 from edge.core.manifest import Bundle
-from edge.core.sidecar import verify_engine
+from edge.core.sidecar import engine_file_name, verify_engine
 from edge.core.trt_version import Capabilities, TrtVersion, capabilities, validate_build_options
-
-__all__ = [
-    "PART_GROUPS",
-    "BuildConfig",
-    "BuildJob",
-    "GpuIdentity",
-    "ShapeRange",
-    "device_slug",
-    "engine_is_current",
-    "gpu_identity",
-    "plan_build",
-]
 
 PART_GROUPS = ("trunk", "heads", "fused")
 _AUTOCAST = (
@@ -112,10 +99,18 @@ def _input_ranges(bundle: Bundle, part: str) -> tuple[ShapeRange, ...]:
     return tuple(ranges)
 
 
-def _check_calibration_file(bundle: Bundle, path: Path) -> None:
-    """An ``edge calibrate`` output must still have the sha256 the manifest lists for it."""
+def check_calibration_file(bundle: Bundle, path: Path, *, required: bool = False) -> None:
+    """An ``edge calibrate`` output (``int8/<part>.onnx``, ``calib/<part>.cache``) must still
+    have the sha256 the manifest's calibration section lists for it; with ``required``, a file
+    the section does not list is refused too (``edge profile --compare int8`` calls it so for
+    every Q/DQ model it runs). EngineBuildError saying to re-run edge calibrate."""
     rel = path.relative_to(bundle.root).as_posix()
     listed = (bundle.manifest.calibration or {}).get("files", {}).get(rel)
+    if required and not listed:
+        raise EngineBuildError(
+            f"{bundle.root}/{rel} is not listed in the manifest's calibration section, so "
+            "nothing vouches for it; re-run edge calibrate"
+        )
     if listed and listed.get("sha256") != sha256_file(path):
         raise EngineBuildError(
             f"{bundle.root}/{rel} changed after edge calibrate wrote it (its sha256 differs from "
@@ -128,7 +123,7 @@ def _check_cache(
 ) -> tuple[str, list[str]]:
     """Validate a bundle calibration cache for this TensorRT; return (header algorithm, notes)."""
 
-    _check_calibration_file(bundle, cache_path)
+    check_calibration_file(bundle, cache_path)
     cache = read_cache(cache_path)
     rel = cache_path.relative_to(bundle.root).as_posix()
     notes: list[str] = []
@@ -190,9 +185,16 @@ def plan_build(
         caps, precision=precision, int8_mode=cfg.int8_mode, dla_core=cfg.dla_core, device=device
     )
     mode = (cfg.int8_mode or caps.default_int8_mode).lower() if precision == "int8" else None
-    strongly = caps.strongly_typed_only or bool(cfg.strongly_typed)
     if cfg.strongly_typed and not caps.strongly_typed_available:
-        raise EngineBuildError(f"--strongly-typed needs TensorRT 10 or later, this is {v}")
+        raise EngineBuildError(
+            f"--strongly-typed needs TensorRT 9 or later (on a Jetson: the TensorRT 10 of "
+            f"JetPack 6), this is {v}"
+        )
+    # 10.12+ deprecates the FP16/INT8 builder flags in favour of strong typing: where the
+    # precision is in the ONNX (FP32, Q/DQ models), build strongly typed unless told not to
+    prefer_strong = caps.precision_flags_deprecated and (precision == "fp32" or mode == "explicit")
+    wanted = prefer_strong if cfg.strongly_typed is None else cfg.strongly_typed
+    strongly = caps.strongly_typed_only or bool(wanted)
     if strongly and mode == "implicit":
         raise EngineBuildError(
             "implicit INT8 (calibrator) needs a weakly typed network; drop "
@@ -220,8 +222,18 @@ def plan_build(
         timing = cfg.timing_cache or engines / "timing.cache"
     parts, named = _select_parts(bundle, cfg.parts)
     common: list[str] = []
+    once: list[str] = []  # said with the first job only
     if cfg.builder_optimization_level == 0 and timing is not None:
         common.append("optimization level 0 does not use the timing cache")
+    weak_flags = [
+        f for f, on in (("FP16", precision != "fp32"), ("INT8", mode == "implicit")) if on
+    ]
+    if caps.precision_flags_deprecated and not strongly and weak_flags:
+        once.append(
+            f"BuilderFlag.{'/'.join(weak_flags)} is deprecated in TensorRT {v} (since 10.12, "
+            "superseded by strong typing); it still works here. The path forward: precision "
+            "in the ONNX (--int8-mode explicit, or FP16 models from ModelOpt AutoCast)"
+        )
     if mode == "implicit" and caps.implicit_int8_deprecated:
         common.append(
             f"implicit INT8 is deprecated in TensorRT {v} (removed in 11): "
@@ -247,7 +259,7 @@ def plan_build(
                     f"explicit INT8 needs the Q/DQ model int8/{part}.onnx, which {bundle.root} "
                     "lacks; run edge calibrate first (it writes int8/*.onnx)"
                 )
-            _check_calibration_file(bundle, onnx)
+            check_calibration_file(bundle, onnx)
             if cfg.dla_core is not None and not caps.dla_requires_strongly_typed:
                 notes.append("DLA with Q/DQ models: layers DLA cannot run fall back to the GPU")
         elif mode == "implicit":
@@ -296,7 +308,7 @@ def plan_build(
                 part=part,
                 bundle_root=bundle.root,
                 onnx=onnx,
-                engine=engines / f"{part}.{precision}.engine",
+                engine=engines / engine_file_name(part, precision, cfg.dla_core),
                 precision=precision,
                 int8_mode=mode,
                 tensorrt=v,
@@ -331,8 +343,8 @@ def plan_build(
         )
     if not jobs:
         raise EngineBuildError(f"nothing to build in {bundle.root} for {', '.join(parts)}")
-    if skipped:
-        jobs[0] = replace(jobs[0], notes=(*jobs[0].notes, *skipped))
+    if skipped or once:
+        jobs[0] = replace(jobs[0], notes=(*jobs[0].notes, *once, *skipped))
     return jobs
 
 

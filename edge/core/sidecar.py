@@ -6,11 +6,14 @@ writes what the engine was built from and for, and the runtime checks it *before
 bytes to TensorRT::
 
     {"format": "etr-edge-engine", "version": 1, "part": "trunk", "precision": "int8",
-     "int8_mode": "implicit", "tensorrt": "10.3.0",
-     "device": {"name": "Orin", "compute_capability": "8.7", "l4t": "36.4.3", "jetpack": "6.2"},
+     "int8_mode": "implicit", "tensorrt": "10.3.0.30",
+     "device": {"name": "Orin", "compute_capability": "8.7", "l4t": "36.4.3", "jetpack": "6.2",
+                "dla_cores": 2},
      "dla_core": null, "onnx_sha256": "...", "cache_sha256": "..." | null,
      "engine_sha256": "...", "built_at": "2025-01-01T12:00:00+00:00", "io": {...}}
 
+The engine's file name says its part, precision and DLA core (``engine_file_name``); the sidecar
+must say the same. ``verify_engine_here`` checks an engine against this machine and its bundle.
 This module imports neither TensorRT nor torch nor onnx.
 """
 
@@ -23,14 +26,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edge.core.board import probe_jetson
+from edge.core.device_identity import gpu_identity
 from edge.core.errors import BundleError, EngineMismatchError, InternalError
 from edge.core.files import sha256_file, write_json
-from edge.core.trt_version import TrtVersion
+from edge.core.lazy_trt import import_tensorrt, module_version, version_from_metadata
+from edge.core.manifest import MANIFEST, load_bundle
+from edge.core.trt_version import PRECISIONS, TrtVersion
 
 SIDECAR_FORMAT = "etr-edge-engine"
 SIDECAR_VERSION = 1
 _REQUIRED = ("part", "precision", "tensorrt", "device", "onnx_sha256")
-_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def engine_file_name(part: str, precision: str, dla_core: int | None = None) -> str:
+    """``trunk.fp16.engine``; a DLA engine ``trunk.fp16.dla0.engine`` (never the GPU's name)."""
+    dla = "" if dla_core is None else f".dla{int(dla_core)}"
+    return f"{part}.{precision}{dla}.engine"
 
 
 def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
@@ -42,7 +54,7 @@ def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
 def _rebuild_hint(engine_path: Path, precision: object = None) -> str:
     parents = engine_path.resolve().parents
     bundle = str(parents[2]) if len(parents) > 2 and parents[1].name == "engines" else "BUNDLE"
-    prec = f" --precision {precision}" if precision in _PRECISIONS else ""
+    prec = f" --precision {precision}" if precision in PRECISIONS else ""
     return f"rebuild it on this machine: edge build {bundle}{prec} ..."
 
 
@@ -61,8 +73,8 @@ def write_sidecar(engine_path: str | os.PathLike[str], info: Mapping[str, Any]) 
     device = info["device"]
     if not isinstance(device, Mapping) or not {"name", "compute_capability"} <= set(device):
         raise InternalError("sidecar 'device' must have 'name' and 'compute_capability'")
-    if info["precision"] not in _PRECISIONS:
-        raise InternalError(f"sidecar precision {info['precision']!r} not in {_PRECISIONS}")
+    if info["precision"] not in PRECISIONS:
+        raise InternalError(f"sidecar precision {info['precision']!r} not in {PRECISIONS}")
     if not engine.is_file():
         raise InternalError(f"cannot write a sidecar for {engine}: the engine file does not exist")
     record: dict[str, Any] = {
@@ -130,7 +142,8 @@ def _norm_cc(value: object) -> str:
     """'8.7', '87', 'sm_87', (8, 7) -> '8.7'; '11.0' / '110' -> '11.0'."""
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return f"{int(value[0])}.{int(value[1])}"
-    text = str(value).strip().lower().removeprefix("sm_")
+    text = str(value).strip().lower()
+    text = text[3:] if text.startswith("sm_") else text
     if "." in text:
         major, minor = text.split(".", 1)
         return f"{int(major)}.{int(minor)}" if major.isdigit() and minor.isdigit() else text
@@ -149,9 +162,11 @@ def verify_engine(
 ) -> dict[str, Any]:
     """Check an engine against its sidecar and this machine; return the sidecar.
 
-    Nothing is deserialized. Checked: the engine file's SHA-256 equals the sidecar's; the TensorRT
-    version equals ``tensorrt`` (as versions: 10.3 == 10.3.0); the device name and compute
-    capability equal this machine's; and, when given, the ONNX hash equals the bundle's. Any
+    Nothing is deserialized. Checked: the file name says the sidecar's part, precision and DLA
+    core; the engine file's SHA-256 equals the sidecar's; the TensorRT version is ``tensorrt``
+    (the same release and, where both are known, the same build: 8.6.1.6 is not 8.6.1.4); the
+    device name and compute capability equal this machine's; and, when given, the ONNX hash
+    equals the bundle's. Any
     difference raises EngineMismatchError listing every mismatch (expected vs found) and how
     to rebuild.
     """
@@ -162,8 +177,16 @@ def verify_engine(
     mismatches: list[str] = []
     built_trt = TrtVersion.parse(record["tensorrt"])
     here_trt = TrtVersion.parse(tensorrt)
-    if built_trt != here_trt:
-        mismatches.append(f"TensorRT: built with {record['tensorrt']}, this machine has {tensorrt}")
+    if not built_trt.same_build(here_trt):
+        mismatches.append(f"TensorRT: built with {built_trt}, this machine has {here_trt}")
+    named = engine_file_name(
+        Path(str(record["part"])).name, record["precision"], record.get("dla_core")
+    )
+    if engine.name != named:
+        mismatches.append(
+            f"file name: the sidecar describes {named} (part {record['part']}, precision "
+            f"{record['precision']}, DLA core {record.get('dla_core')}), the file is {engine.name}"
+        )
     built_dev = record["device"]
     if str(built_dev["name"]).strip() != str(device_name).strip():
         mismatches.append(f"device: built for '{built_dev['name']}', this is '{device_name}'")
@@ -190,3 +213,54 @@ def verify_engine(
             + f"; {_rebuild_hint(engine, record.get('precision'))}"
         )
     return record
+
+
+def _bundle_onnx_hash(engine: Path, record: Mapping[str, Any]) -> str | None:
+    """The sha256 the engine's ONNX must have, when the engine sits in ``BUNDLE/engines/...``:
+    the manifest's (its files, or the calibration section for ``int8/*.onnx``), else the file's
+    own. None outside a bundle. EngineMismatchError when the bundle has no such model."""
+    for folder in engine.resolve().parents:
+        if folder.name != "engines" or not (folder.parent / MANIFEST).is_file():
+            continue
+        bundle = load_bundle(folder.parent, verify=False)
+        rel = str(record.get("onnx") or "")
+        calibrated = (bundle.manifest.calibration or {}).get("files", {}).get(rel)
+        if rel in bundle.manifest.files:
+            return bundle.manifest.files[rel].sha256
+        if calibrated:
+            return str(calibrated["sha256"])
+        if rel and (bundle.root / rel).is_file():
+            return sha256_file(bundle.root / rel)
+        raise EngineMismatchError(
+            f"engine {engine} was built from '{rel}', which bundle {bundle.root} neither lists "
+            f"nor has; {_rebuild_hint(engine, record.get('precision'))}"
+        )
+    return None
+
+
+def verify_engine_here(engine: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check ``engine``'s sidecar against this machine and its bundle; return the sidecar.
+
+    Uses no TensorRT when its version is known from package metadata; otherwise checks hashes
+    and the GPU first, and only then imports TensorRT to compare its version. Raises
+    EngineMismatchError (rebuild) or BundleError (no or broken sidecar).
+    """
+    path = Path(engine)
+    gpu = gpu_identity(probe_jetson())
+    record = read_sidecar(path)
+    onnx = _bundle_onnx_hash(path, record)
+
+    def check(version: str | TrtVersion) -> dict[str, Any]:
+        return verify_engine(
+            path,
+            tensorrt=version,
+            device_name=gpu.name,
+            compute_capability=gpu.compute_capability,
+            expected_onnx_sha256=onnx,
+        )
+
+    version = version_from_metadata()
+    if version is None:  # hashes and GPU first: never import TensorRT for a foreign file
+        check(str(record["tensorrt"]))
+        version = module_version(import_tensorrt())
+    return check(version)

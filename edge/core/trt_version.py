@@ -22,12 +22,18 @@ _VERSION_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:\.(\d+))?")
 @total_ordering
 @dataclass(frozen=True)
 class TrtVersion:
-    """A TensorRT version: major.minor.patch (a fourth build component is kept but not compared)."""
+    """A TensorRT version: major.minor.patch, and the build number where it is known.
+
+    Ordering and ``==`` use major.minor.patch (the release: what capabilities and calibration
+    caches depend on); ``same_build`` also compares the build, which is what deserializing an
+    engine checks ("expecting library version 8.6.1.6 got 8.6.1.4"). ``str`` gives all the
+    parts that are known.
+    """
 
     major: int
     minor: int = 0
     patch: int = 0
-    build: int = 0
+    build: int | None = None
 
     @classmethod
     def parse(cls, text: str | TrtVersion) -> TrtVersion:
@@ -39,8 +45,8 @@ class TrtVersion:
             raise ConfigError(
                 f"'{text}' is not a TensorRT version; expected MAJOR.MINOR[.PATCH], e.g. 10.3.0"
             )
-        parts = [int(g) if g is not None else 0 for g in m.groups()]
-        return cls(*parts)
+        major, minor, patch, build = (int(g) if g is not None else None for g in m.groups())
+        return cls(major or 0, minor or 0, patch or 0, build)
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -60,7 +66,20 @@ class TrtVersion:
         return hash(self.key)
 
     def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.patch}"
+        build = "" if self.build is None else f".{self.build}"
+        return f"{self.major}.{self.minor}.{self.patch}{build}"
+
+    @property
+    def release(self) -> TrtVersion:
+        """This version without its build number."""
+        return TrtVersion(self.major, self.minor, self.patch)
+
+    def same_build(self, other: TrtVersion) -> bool:
+        """Whether an engine built with one can be deserialized by the other: the same release
+        and, where both know it, the same build."""
+        if self.key != other.key:
+            return False
+        return self.build is None or other.build is None or self.build == other.build
 
     @property
     def nv_tensorrt_version(self) -> int:
@@ -98,6 +117,7 @@ _V8_6 = TrtVersion(8, 6)
 _V9 = TrtVersion(9)
 _V10 = TrtVersion(10)
 _V10_1 = TrtVersion(10, 1)
+_V10_12 = TrtVersion(10, 12)
 _V11 = TrtVersion(11)
 _V11_4_1 = TrtVersion(11, 4, 1)
 
@@ -111,6 +131,8 @@ class Capabilities:
     - ``implicit_int8``: calibrator INT8 (``IInt8EntropyCalibrator2`` + ``BuilderFlag.INT8``);
       deprecated in 10.1, removed in 11.0.
     - ``builder_precision_flags``: ``BuilderFlag.FP16``/``INT8`` exist (weak typing); gone in 11.
+      ``precision_flags_deprecated``: 10.12+ deprecates them "Superseded by strong typing"
+      (NvInfer.h), so there explicit INT8 on a strongly typed network is the default.
     - ``strongly_typed_available``: ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``. Absent from
       the 8.x API (8.6 lists only EXPLICIT_BATCH/EXPLICIT_PRECISION); present from 9.x on (ONNX
       Runtime's TensorRT provider sets it under ``NV_TENSORRT_MAJOR > 8``; the exact 9.x minor is
@@ -130,6 +152,7 @@ class Capabilities:
     implicit_int8: bool
     implicit_int8_deprecated: bool
     builder_precision_flags: bool
+    precision_flags_deprecated: bool
     strongly_typed_available: bool
     strongly_typed_only: bool
     explicit_batch_flag_needed: bool
@@ -145,8 +168,11 @@ class Capabilities:
 
     @property
     def default_int8_mode(self) -> str:
-        """The INT8 path to use when the user did not choose: implicit while it exists."""
-        return "implicit" if self.implicit_int8 else "explicit"
+        """The INT8 path to use when the user did not choose: implicit while it exists and
+        its builder flag is not deprecated (before 10.12), else explicit."""
+        return (
+            "implicit" if self.implicit_int8 and not self.precision_flags_deprecated else "explicit"
+        )
 
 
 def capabilities(version: str | TrtVersion) -> Capabilities:
@@ -158,6 +184,7 @@ def capabilities(version: str | TrtVersion) -> Capabilities:
         implicit_int8=weak_typing,
         implicit_int8_deprecated=_V10_1 <= v < _V11,
         builder_precision_flags=weak_typing,
+        precision_flags_deprecated=_V10_12 <= v < _V11,
         strongly_typed_available=v >= _V9,
         strongly_typed_only=v >= _V11,
         explicit_batch_flag_needed=v < _V10,
@@ -169,23 +196,6 @@ def capabilities(version: str | TrtVersion) -> Capabilities:
         version_compatible_flag=v >= _V8_6,
         calibration_profile=weak_typing,
     )
-
-
-def installed_tensorrt() -> TrtVersion | None:
-    """The TensorRT importable in this Python (``tensorrt.__version__``), or None if there is none.
-
-    Imports tensorrt lazily; nothing else in this module touches it.
-    """
-    import importlib
-
-    try:
-        trt = importlib.import_module("tensorrt")
-    except ImportError:
-        return None
-    text = getattr(trt, "__version__", None)
-    if not text:
-        return None
-    return TrtVersion.parse(str(text))
 
 
 def feature_check(trt_module: object, version: str | TrtVersion | None = None) -> Capabilities:
@@ -213,6 +223,7 @@ def feature_check(trt_module: object, version: str | TrtVersion | None = None) -
         implicit_int8=implicit_int8,
         implicit_int8_deprecated=implicit_int8 and table.implicit_int8_deprecated,
         builder_precision_flags=precision_flags,
+        precision_flags_deprecated=precision_flags and table.precision_flags_deprecated,
         strongly_typed_available=strongly_typed,
         strongly_typed_only=strongly_typed and (table.strongly_typed_only or not precision_flags),
         explicit_batch_flag_needed=(

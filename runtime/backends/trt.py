@@ -1,29 +1,18 @@
 """TensorRT backend: one serialized engine per bundle part, run on the GPU by tensor name.
 
-``create_backend("tensorrt", precision="fp16").load(engine)``; the pipeline finds each part's
-engine with :meth:`TensorRTBackend.artifact_path` (``edge build`` writes them to
-``bundle/engines/<slug>/<part>.<precision>.engine``). Written against the TensorRT 8.5-10.x
-tensor API; tensorrt and pycuda are imported lazily.
+``create_backend("tensorrt", precision="fp16").load(engine)``; ``artifact_path`` finds a part's
+engine, ``bundle/engines/<slug>/<part>.<precision>[.dla<N>].engine`` (``edge build`` writes them).
+TensorRT 8.5-11 tensor API; tensorrt (edge.core.lazy_trt) and pycuda are imported lazily.
 
-- **Verified before deserialized**: the sidecar is checked against this machine (TensorRT
-  version, GPU, engine and ONNX hashes) before TensorRT is imported; a mismatch raises
-  EngineMismatchError saying how to rebuild (engines are not portable and may carry plugins).
-- **By name**: ``num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode``, then
-  ``set_tensor_address``; TensorRT's I/O order is never used.
-- **Buffers once, one stream**: a device buffer per tensor (the profile's maximum for a dynamic
-  batch; ``set_input_shape`` per run), pinned host staging, and ONE stream for every part in the
-  process (``execute_async_v3``), see :mod:`edge.runtime.backends.trt_cuda`.
-- **Trunk -> heads without copies**: ``run_taps`` returns Taps holding the trunk's *device*
-  output buffers; ``run_from_taps`` binds them as the head's input addresses (the shared stream
-  orders trunk before head). Host taps (e.g. ONNX Runtime's) are copied in.
-- **Timing**: CUDA events around each enqueue, ``last_gpu_ms``. Device taps are returned without
-  waiting; ``synchronize=True`` makes ``last_run_ns`` each part's full latency (profiling).
-- **CUDA graphs** (``capture_graph=True``): the first run with given bindings is the warm-up,
-  the second is captured (cuda-python), later ones replay it, so the trunk and each due head are
-  one graph launch each; other addresses or shapes re-capture.
+- The sidecar is checked against this machine before TensorRT sees a byte; a DLA engine is
+  deserialized with ``Runtime.DLA_core`` set from it. Tensors are bound by name.
+- One device buffer per tensor, pinned host staging, ONE stream for every part of the process
+  (edge.runtime.backends.trt_cuda). ``run_taps`` returns the trunk's *device* buffers and
+  ``run_from_taps`` binds them as the head's inputs: no copy, the stream orders the two.
+- CUDA events time each enqueue (``last_gpu_ms``). ``capture_graph=True``: the first run with
+  given bindings warms up, the second is captured, later ones replay; new bindings re-capture.
 
-The comparison with ONNX Runtime (:func:`compare_with_onnxruntime`, :func:`self_test`) is in
-:mod:`edge.runtime.backends.trt_selftest`.
+The comparison with ONNX Runtime is in edge.runtime.backends.trt_selftest.
 """
 
 from __future__ import annotations
@@ -38,7 +27,16 @@ import numpy as np
 from edge.core.board import probe_jetson
 from edge.core.device_identity import device_slug, gpu_identity
 from edge.core.errors import BundleError, ConfigError, EngineMismatchError, InputContractError
-from edge.core.trt_version import TrtVersion
+from edge.core.lazy_trt import (
+    LOG,
+    import_tensorrt,
+    module_version,
+    numpy_dtype,
+    trt_logger,
+    version_from_metadata,
+)
+from edge.core.sidecar import engine_file_name, verify_engine_here
+from edge.core.trt_version import PRECISIONS, TrtVersion
 from edge.runtime.backends.base import Backend, Dim, Taps, TensorMeta, concrete_shape
 from edge.runtime.backends.trt_cuda import (
     CudaGraph,
@@ -46,17 +44,35 @@ from edge.runtime.backends.trt_cuda import (
     DeviceBuffer,
     PartTimer,
     shared_runtime,
-    tensorrt_logger,
-    tensorrt_module,
-    tensorrt_version_from_metadata,
-    verify_engine_here,
 )
-from edge.runtime.backends.trt_options import PRECISIONS, TrtOptions
 
 if TYPE_CHECKING:
     import tensorrt as trt  # noqa: TID251  (types only; imported lazily)
 
     from edge.core.manifest import Bundle
+
+
+@dataclass(frozen=True)
+class TrtOptions:
+    """Options of :class:`TensorRTBackend` (``create_backend("tensorrt", **options)``)."""
+
+    precision: str = "fp16"
+    """Which engine ``artifact_path`` picks for a part: ``<part>.<precision>.engine``."""
+    dla_core: int | None = None
+    """Pick the DLA engines ``<part>.<precision>.dla<N>.engine`` (``edge build --dla-core N``)."""
+    capture_graph: bool = False
+    """Replay each part's enqueue as a CUDA graph (needs cuda-python)."""
+    synchronize: bool = False
+    """Wait for the GPU at the end of every call (profiling); default: only to read results."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"tensorrt backend precision '{self.precision}': expected one of {PRECISIONS} "
+                "(the engines edge build wrote: <part>.<precision>.engine)"
+            )
+        if self.dla_core is not None and (not isinstance(self.dla_core, int) or self.dla_core < 0):
+            raise ConfigError(f"tensorrt backend dla_core {self.dla_core!r}: expected 0 or 1")
 
 
 @dataclass(frozen=True)
@@ -88,8 +104,8 @@ class TensorRTBackend(Backend):
                 options = TrtOptions(**kw)
             except TypeError as e:
                 raise ConfigError(
-                    f"tensorrt backend: {e}; its options are precision, capture_graph and "
-                    "synchronize (thread counts are onnxruntime options)"
+                    f"tensorrt backend: {e}; its options are precision, dla_core, capture_graph "
+                    "and synchronize (thread counts are onnxruntime options)"
                 ) from e
         self.options = options
         self.sidecar: dict[str, Any] = {}
@@ -109,12 +125,12 @@ class TensorRTBackend(Backend):
 
     # -- files --------------------------------------------------------------------------------
     def engine_path(self, bundle: Bundle, part: str) -> Path:
-        """``bundle/engines/<this device's slug>/<part>.<precision>.engine``."""
-
-        version = tensorrt_version_from_metadata() or str(tensorrt_module().__version__)
+        """``bundle/engines/<this device's slug>/<part>.<precision>[.dla<N>].engine``."""
+        version = version_from_metadata() or module_version(import_tensorrt())
         device = probe_jetson()
         slug = device_slug(gpu_identity(device), device, version)
-        return bundle.root / "engines" / slug / f"{part}.{self.options.precision}.engine"
+        name = engine_file_name(part, self.options.precision, self.options.dla_core)
+        return bundle.root / "engines" / slug / name
 
     def artifact_path(self, bundle: Bundle, part: str) -> Path:
         try:
@@ -125,44 +141,58 @@ class TensorRTBackend(Backend):
             return given  # a view of the bundle that already names engines (edge profile)
         path = self.engine_path(bundle, part)
         if not path.is_file():
+            dla = "" if self.options.dla_core is None else f" --dla-core {self.options.dla_core}"
             raise BundleError(
                 f"{bundle.root}: no {self.options.precision} TensorRT engine for part '{part}' "
                 f"({path}); build it on this machine: edge build {bundle.root} --precision "
-                f"{self.options.precision}"
+                f"{self.options.precision}{dla}"
             )
         return path
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def _load_impl(self, path: Path) -> None:
-        self.sidecar = verify_engine_here(path)  # before TensorRT sees a single byte
-        lib = tensorrt_module()
-        here = TrtVersion.parse(str(lib.__version__))
-        if here != TrtVersion.parse(str(self.sidecar["tensorrt"])):
+    def _verify(self, path: Path) -> dict[str, Any]:
+        """``path``'s sidecar, checked against this machine (before TensorRT or CUDA)."""
+        return verify_engine_here(path)
+
+    def _open_engine(self, path: Path) -> tuple[Any, Any]:
+        """Deserialize the verified ``path``; returns (engine, execution context). Runs inside
+        the CUDA context. With ``_verify``, the seam a GPU test replaces with a stand-in engine
+        (tests/runtime/test_runtime_trt_gpu.py)."""
+        lib = import_tensorrt()
+        here, built = module_version(lib), TrtVersion.parse(str(self.sidecar["tensorrt"]))
+        rebuild = f"edge build BUNDLE --precision {self.sidecar['precision']} --force"
+        if not here.same_build(built):
             raise EngineMismatchError(
-                f"engine {path} was built with TensorRT {self.sidecar['tensorrt']}, the imported "
-                f"module is {lib.__version__} (its package metadata said otherwise); rebuild "
-                "it on this machine: edge build BUNDLE ..."
+                f"engine {path} was built with TensorRT {built}, the imported module is {here} "
+                f"(its package metadata said otherwise); rebuild it on this machine: {rebuild}"
             )
+        self._runtime = lib.Runtime(trt_logger())
+        dla = self.sidecar.get("dla_core")
+        if dla is not None:  # a DLA engine deserializes onto the core it was built for
+            self._runtime.DLA_core = int(dla)
+        engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            why = "; ".join(LOG.errors[-3:]) or "see TensorRT's log above"
+            raise EngineMismatchError(
+                f"TensorRT {here} could not deserialize {path} although its sidecar matches "
+                f"this machine ({why}); rebuild it: {rebuild}"
+            )
+        context = engine.create_execution_context()
+        if context is None:
+            raise EngineMismatchError(
+                f"TensorRT could not create an execution context for {path} (out of GPU "
+                "memory?); close other GPU programs or build with a smaller workspace"
+            )
+        return engine, context
+
+    def _load_impl(self, path: Path) -> None:
+        self.sidecar = self._verify(path)  # before TensorRT or CUDA sees a single byte
         rt = shared_runtime()
         self._rt = rt
         try:
             with rt.active():
-                self._runtime = lib.Runtime(tensorrt_logger(lib))
-                engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-                if engine is None:
-                    raise EngineMismatchError(
-                        f"TensorRT {here} could not deserialize {path} although its sidecar "
-                        "matches this machine (see TensorRT's log above); rebuild it: edge "
-                        "build BUNDLE ..."
-                    )
-                context = engine.create_execution_context()
-                if context is None:
-                    raise EngineMismatchError(
-                        f"TensorRT could not create an execution context for {path} (out of GPU "
-                        "memory?); close other GPU programs or build with a smaller workspace"
-                    )
-                self._engine, self._context = engine, context
-                self._allocate(lib, rt, engine, context, path)
+                self._engine, self._context = self._open_engine(path)
+                self._allocate(rt, self._engine, self._context, path)
                 self._timer = PartTimer(rt)
                 self._staged = rt.cuda.Event()
         except BaseException:
@@ -172,32 +202,31 @@ class TensorRTBackend(Backend):
 
     def _allocate(
         self,
-        lib: Any,
         rt: CudaRuntime,
         engine: trt.ICudaEngine,
         context: trt.IExecutionContext,
         path: Path,
     ) -> None:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == lib.TensorIOMode.INPUT]
+        # enums by name: the same on every TensorRT version (pybind11 ``name``, TensorRT 7.2+)
+        inputs = [n for n in names if engine.get_tensor_mode(n).name == "INPUT"]
         metas: dict[str, TensorMeta] = {}
         for n in names:
-            if engine.get_tensor_location(n) != lib.TensorLocation.DEVICE:
+            if engine.get_tensor_location(n).name != "DEVICE":
                 raise EngineMismatchError(
                     f"{path}: tensor '{n}' lives on the host (a shape "
                     "tensor); etr-edge engines have none: rebuild it"
                 )
-            if engine.get_tensor_format(n) != lib.TensorFormat.LINEAR:
+            if engine.get_tensor_format(n).name != "LINEAR":
                 raise EngineMismatchError(
                     f"{path}: tensor '{n}' has a vectorized I/O format; "
                     "etr-edge binds linear buffers: rebuild it"
                 )
             try:
-                dtype = np.dtype(lib.nptype(engine.get_tensor_dtype(n)))
+                dtype = numpy_dtype(engine.get_tensor_dtype(n))
             except TypeError as e:
                 raise EngineMismatchError(
-                    f"{path}: tensor '{n}' has TensorRT type {engine.get_tensor_dtype(n)}, "
-                    "which numpy cannot hold; rebuild it from the bundle's float model"
+                    f"{path}: tensor '{n}': {e}; rebuild it from the bundle's float model"
                 ) from e
             metas[n] = TensorMeta(n, _meta_dims(_dims(engine.get_tensor_shape(n))), dtype.name)
         for n in inputs:
@@ -386,13 +415,3 @@ class TensorRTBackend(Backend):
             view = self._buffers[name].download(shape)
             self._rt.synchronize()
             return view.copy()
-
-
-__all__ = [
-    "PRECISIONS",
-    "DeviceTaps",
-    "TensorRTBackend",
-    "TrtOptions",
-    "tensorrt_version_from_metadata",
-    "verify_engine_here",
-]

@@ -1,5 +1,4 @@
-"""Below the TensorRT backend: CUDA context, the one stream, buffers, events, graphs; and the
-checks that run before an engine is deserialized.
+"""Below the TensorRT backend, CUDA only: context, the one stream, buffers, events, graphs.
 
 - :class:`CudaRuntime`: device 0's *primary* context (the one the CUDA runtime API, and so
   TensorRT, uses; ``Device.retain_primary_context``) and ONE stream shared by every engine in the
@@ -18,44 +17,33 @@ checks that run before an engine is deserialized.
   cuda-python runtime bindings (``cudaStreamBeginCapture`` ... ``cudaGraphLaunch``, as in
   TensorRT's own Python demos) on the same stream handle.
 
-- :func:`verify_engine_here`: the engine's sidecar against this machine, with no TensorRT
-  import when its version is known from package metadata.
-
-tensorrt, pycuda and cuda-python are imported lazily (importlib), never at module import.
+pycuda and cuda-python are imported lazily (importlib), never at module import; nothing here
+knows TensorRT (edge.core.lazy_trt imports it, edge.core.sidecar checks engines).
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib
-import importlib.metadata
-import json
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.core.board import probe_jetson
-from edge.core.device_identity import gpu_identity
 from edge.core.errors import (
     ConfigError,
-    EdgeError,
     InputContractError,
     MissingDependencyError,
     import_optional,
 )
-from edge.core.sidecar import read_sidecar, verify_engine
-from edge.core.trt_version import TrtVersion
 
 PYCUDA_ADVICE = (
     "install pycuda next to TensorRT: on a Jetson run jetson/setup.sh (it builds pycuda against "
     "JetPack's CUDA), elsewhere: pip install 'etr-edge[jetson]'"
 )
-_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
 GRAPH_ADVICE = (
     "CUDA-graph capture (capture_graph=True) uses NVIDIA's cuda-python bindings, which are not "
     "installed: pip install 'cuda-python==<your CUDA major>.*' (e.g. 12.* on JetPack 6), or "
@@ -287,82 +275,3 @@ class CudaGraph:
             self.cudart.cudaGraphExecDestroy(self.exe)
             self.cudart.cudaGraphDestroy(self.graph)
             self.exe = self.graph = None
-
-
-# ---------------------------------------------------------------------------- TensorRT + sidecar
-
-
-def tensorrt_module() -> Any:
-    """``tensorrt``, or MissingDependencyError saying where it comes from."""
-    return import_optional(
-        "tensorrt",
-        lambda e: (
-            f"the tensorrt backend needs TensorRT's Python bindings ({e}); they come with "
-            "JetPack (jetson/setup.sh makes them visible in the venv) or NVIDIA's tensorrt "
-            "wheel; use --backend onnxruntime on this machine"
-        ),
-    )
-
-
-def tensorrt_version_from_metadata() -> TrtVersion | None:
-    """The installed TensorRT's version from its package metadata, without importing it."""
-    for dist in _DISTRIBUTIONS:
-        try:
-            return TrtVersion.parse(importlib.metadata.version(dist))
-        except (importlib.metadata.PackageNotFoundError, EdgeError):
-            continue
-    return None
-
-
-def _bundle_onnx_hash(engine: Path, record: Mapping[str, Any]) -> str | None:
-    """The manifest's sha256 of the ONNX the engine was built from, when the engine sits in
-    ``BUNDLE/engines/...`` and the manifest lists that file."""
-    for folder in engine.resolve().parents:
-        if folder.name == "engines" and (folder.parent / "manifest.json").is_file():
-            try:
-                manifest = json.loads((folder.parent / "manifest.json").read_text("utf-8"))
-                return str(manifest["files"][record["onnx"]]["sha256"])
-            except (OSError, ValueError, KeyError, TypeError):
-                return None
-    return None
-
-
-def verify_engine_here(engine: str | Path) -> dict[str, Any]:
-    """Check ``engine``'s sidecar against this machine; returns the sidecar record.
-
-    Uses no TensorRT when its version is known from package metadata; otherwise checks hashes
-    and the GPU first, and only then imports TensorRT to compare its version. Raises
-    EngineMismatchError (rebuild) or BundleError (no or broken sidecar).
-    """
-
-    path = Path(engine)
-    gpu = gpu_identity(probe_jetson())
-    record = read_sidecar(path)
-    onnx = _bundle_onnx_hash(path, record)
-
-    def check(version: str | TrtVersion) -> dict[str, Any]:
-        return verify_engine(
-            path,
-            tensorrt=version,
-            device_name=gpu.name,
-            compute_capability=gpu.compute_capability,
-            expected_onnx_sha256=onnx,
-        )
-
-    version = tensorrt_version_from_metadata()
-    if version is None:  # hashes and GPU first: never import TensorRT for a foreign file
-        check(str(record["tensorrt"]))
-        version = TrtVersion.parse(str(tensorrt_module().__version__))
-    return check(version)
-
-
-_LOGGER: list[Any] = []
-
-
-def tensorrt_logger(lib: Any) -> Any:
-    """One TensorRT logger for every engine loaded here (TensorRT keeps the first it is given);
-    plugins registered once with it."""
-    if not _LOGGER:
-        _LOGGER.append(lib.Logger(lib.Logger.WARNING))
-        lib.init_libnvinfer_plugins(_LOGGER[0], "")
-    return _LOGGER[0]

@@ -17,9 +17,9 @@ import numpy as np
 from edge.core.errors import BundleError, InputContractError
 from edge.core.manifest import Bundle, load_bundle
 from edge.core.preprocess import frames_to_input
+from edge.core.trt_version import PRECISIONS
 from edge.runtime.backends.registry import create_backend
 from edge.runtime.backends.trt import TensorRTBackend
-from edge.runtime.backends.trt_options import PRECISIONS
 
 
 def _feeds(bundle: Bundle, frames: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""The device engines are built for: the engine folder's slug (convert/device_identity.py)."""
+"""The device engines are built for: the engine folder's slug (edge/core/device_identity.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ ORIN_NANO = probe_jetson(Path(__file__).parents[1] / "jetson" / "data" / "roots"
 
 def test_device_slug_names_gpu_cc_and_tensorrt() -> None:
     h200 = GpuIdentity("NVIDIA H200", "9.0", "libcuda")
-    assert device_slug(h200, None, "10.13.0.35") == "nvidia-h200-sm90-trt10.13.0"
+    # the full version: TensorRT refuses an engine of another build (8.6.1.6 vs 8.6.1.4)
+    assert device_slug(h200, None, "10.13.0.35") == "nvidia-h200-sm90-trt10.13.0.35"
+    assert device_slug(h200, None, "10.13.0.35") != device_slug(h200, None, "10.13.0.36")
     orin = GpuIdentity("Orin", "8.7", "pycuda")
     assert device_slug(orin, ORIN_NANO, "10.3") == "orin-nano-sm87-trt10.3.0"
     assert device_slug(GpuIdentity("x", "unknown", "none"), None, "8.6.2") == "x-trt8.6.2"

@@ -12,6 +12,7 @@ import pytest
 
 from edge.core.errors import BundleError, EngineMismatchError, InternalError
 from edge.core.sidecar import (
+    engine_file_name,
     read_sidecar,
     sidecar_path,
     verify_engine,
@@ -122,6 +123,30 @@ def test_tensorrt_version_mismatch(engine: Path) -> None:
     _verify(engine, tensorrt="10.3")  # 10.3 == 10.3.0
     with pytest.raises(EngineMismatchError, match=r"TensorRT: built with 10\.3\.0, .* has 10\.13"):
         _verify(engine, tensorrt="10.13.0")
+
+
+def test_tensorrt_build_number_mismatch(engine: Path) -> None:
+    """Issue 12 item 4: deserialization compares all four parts ("expecting library version
+    8.6.1.6 got 8.6.1.4"), so the sidecar records them and the check compares them."""
+    write_sidecar(engine, _info(tensorrt="8.6.1.6"))
+    assert read_sidecar(engine)["tensorrt"] == "8.6.1.6"
+    _verify(engine, tensorrt="8.6.1.6")
+    with pytest.raises(EngineMismatchError, match=r"built with 8\.6\.1\.6, .* has 8\.6\.1\.4"):
+        _verify(engine, tensorrt="8.6.1.4")
+
+
+def test_sidecar_must_describe_the_file_being_loaded(engine: Path) -> None:
+    """Issue 13 item 9: the sidecar's precision (and part, and DLA core) must be the file's."""
+    write_sidecar(engine, _info(precision="fp16"))  # beside trunk.int8.engine
+    with pytest.raises(EngineMismatchError, match=r"describes trunk\.fp16\.engine"):
+        _verify(engine)
+    write_sidecar(engine, _info(dla_core=0))
+    with pytest.raises(EngineMismatchError, match=r"trunk\.int8\.dla0\.engine"):
+        _verify(engine)
+    dla = engine.with_name(engine_file_name("trunk", "int8", 0))
+    dla.write_bytes(engine.read_bytes())
+    write_sidecar(dla, _info(dla_core=0, part="heads/trunk"))  # a head's file name: its task
+    assert _verify(dla)["dla_core"] == 0
 
 
 def test_device_name_mismatch(engine: Path) -> None:

@@ -8,13 +8,13 @@ import pytest
 
 from edge.core.board import JetsonInfo
 from edge.core.errors import ConfigError, EdgeError, EngineBuildError
+from edge.core.lazy_trt import installed_tensorrt
 from edge.core.trt_version import (
     DEFAULT_TARGET,
     Capabilities,
     TrtVersion,
     capabilities,
     feature_check,
-    installed_tensorrt,
     validate_build_options,
 )
 
@@ -78,6 +78,7 @@ def test_capabilities_trt_8_5() -> None:
     assert c.tensor_api and c.memory_pool_limit
     assert not c.builder_optimization_level and not c.version_compatible_flag
     assert c.dla_supported and not c.dla_requires_strongly_typed
+    assert not c.precision_flags_deprecated
     assert c.default_int8_mode == "implicit"
     assert c.source == "version table"
 
@@ -98,7 +99,10 @@ def test_capabilities_trt_10(version: str) -> None:
     assert not c.explicit_batch_flag_needed
     assert c.tensor_api and c.memory_pool_limit and c.builder_optimization_level
     assert c.dla_supported and not c.dla_requires_strongly_typed
-    assert c.default_int8_mode == "implicit"
+    # 10.12+ deprecates BuilderFlag.FP16/INT8 (superseded by strong typing): explicit by default
+    late = TrtVersion.parse(version) >= TrtVersion(10, 12)
+    assert c.precision_flags_deprecated == late
+    assert c.default_int8_mode == ("explicit" if late else "implicit")
 
 
 def test_capabilities_trt_11_0_has_no_weak_typing_and_no_dla() -> None:
@@ -235,3 +239,16 @@ def test_validate_accepts_probed_capabilities() -> None:
     caps = capabilities("11.0.0")
     with pytest.raises(EngineBuildError, match="--int8-mode explicit"):
         _check(caps, precision="int8", int8_mode="implicit")
+
+
+def test_full_version_keeps_the_build_number() -> None:
+    """Issue 12 item 4: TensorRT refuses an engine of another build ("expecting library version
+    8.6.1.6 got 8.6.1.4"), so the fourth part is kept, printed and compared."""
+    built, here = TrtVersion.parse("8.6.1.6"), TrtVersion.parse("8.6.1.4")
+    assert str(built) == "8.6.1.6" and built.build == 6
+    assert not built.same_build(here)
+    assert built == here  # the same release: capabilities and calibration caches agree
+    assert built.same_build(TrtVersion.parse("8.6.1"))  # a side without a build: release only
+    assert not built.same_build(TrtVersion.parse("8.6.2.6"))
+    assert str(TrtVersion.parse("10.3")) == "10.3.0" and TrtVersion.parse("10.3").build is None
+    assert capabilities("8.6.1.6").version.build == 6

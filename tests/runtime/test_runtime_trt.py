@@ -15,12 +15,14 @@ import json
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from edge.core import lazy_trt
 from edge.core.board import probe_jetson
 from edge.core.device_identity import gpu_identity
 from edge.core.errors import (
@@ -41,11 +43,17 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 no_trt = pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: this checks its absence")
 
 
-def _engine(folder: Path, *, device: dict[str, str] | None = None, **over: Any) -> Path:
+def _engine(
+    folder: Path,
+    *,
+    device: dict[str, str] | None = None,
+    name: str = "trunk.fp32.engine",
+    **over: Any,
+) -> Path:
     """A file with a sidecar that matches this machine (unless ``device`` says otherwise)."""
     gpu = gpu_identity(probe_jetson())
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "trunk.fp32.engine"
+    path = folder / name
     path.write_bytes(b"not a real engine: TensorRT must never see these bytes" * 100)
     info = {
         "part": "trunk",
@@ -132,10 +140,61 @@ def test_engine_of_a_reconverted_bundle_is_refused(tiny_bundle: Path, tmp_path: 
 
 
 @no_trt
-def test_verified_engine_then_needs_tensorrt(tmp_path: Path) -> None:
-    engine = _engine(tmp_path)  # matches this machine: verification passes, import comes next
-    with pytest.raises(MissingDependencyError, match="TensorRT's Python bindings"):
+def test_verified_engine_then_needs_cuda_and_tensorrt(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)  # matches this machine: verification passes, imports come next
+    with pytest.raises(MissingDependencyError, match=r"pycuda|TensorRT's Python bindings"):
         TensorRTBackend().load(engine)
+
+
+def test_stale_explicit_int8_engine_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Issue 13 item 9: an engine built from int8/trunk.onnx (listed in the manifest's
+    calibration section, not its files) was accepted with a stale onnx_sha256."""
+    root = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    (root / "int8").mkdir()
+    shutil.copyfile(root / "trunk.onnx", root / "int8" / "trunk.onnx")
+    folder = root / "engines" / "gpu"
+    engine = _engine(
+        folder, name="trunk.int8.engine", onnx="int8/trunk.onnx", precision="int8"
+    )  # onnx_sha256: 64 zeros
+    with pytest.raises(EngineMismatchError, match="converted again"):
+        TensorRTBackend(precision="int8").load(engine)
+
+
+def test_dla_core_is_set_before_deserializing(tmp_path: Path, monkeypatch: Any) -> None:
+    """Issue 12 item 5: ``Runtime.DLA_core`` comes from the sidecar before the engine is
+    deserialized. The stand-in ``tensorrt`` module has only what the binding defines and this
+    path uses: ``Runtime.DLA_core`` is a read/write property (pyCore.cpp 10.3:1544
+    ``.def_property("DLA_core", &IRuntime::getDLACore, &IRuntime::setDLACore)``) and
+    ``deserialize_cuda_engine`` returns None when TensorRT refuses the bytes."""
+    seen: list[Any] = []
+
+    class Runtime:
+        DLA_core = -1
+
+        def __init__(self, logger: Any) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, data: bytes) -> None:
+            seen.append(self.DLA_core)
+
+    class ILogger:
+        ERROR, WARNING = 1, 2
+
+        def __init__(self) -> None:
+            pass
+
+    fake = types.ModuleType("tensorrt")
+    fake.__dict__.update(
+        __version__="10.3.0", Runtime=Runtime, ILogger=ILogger, init_libnvinfer_plugins=print
+    )
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(lazy_trt, "_LOGGER", [])
+    engine = _engine(tmp_path, name="trunk.fp32.dla1.engine", dla_core=1)
+    backend = TensorRTBackend(precision="fp32", dla_core=1)
+    backend.sidecar = {"tensorrt": "10.3.0", "precision": "fp32", "dla_core": 1}
+    with pytest.raises(EngineMismatchError, match="could not deserialize"):
+        backend._open_engine(engine)
+    assert seen == [1]
 
 
 def test_compare_without_engines_says_what_to_build(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -12,8 +12,10 @@ import pytest
 
 from edge.calib.cache import CalibrationCache, write_cache, write_cache_sidecar
 from edge.convert.engine.build import build_engines
-from edge.convert.engine.plan import BuildConfig, GpuIdentity, engine_is_current, plan_build
+from edge.convert.engine.config import BuildConfig
+from edge.convert.engine.plan import engine_is_current, plan_build
 from edge.core.board import JetsonInfo, probe_jetson
+from edge.core.device_identity import GpuIdentity
 from edge.core.errors import EngineBuildError, MissingDependencyError
 from edge.core.files import sha256_file
 from edge.core.manifest import Bundle, load_bundle
@@ -124,7 +126,7 @@ def test_fp32_on_tensorrt_11_is_strongly_typed_without_flags(bundle: Bundle) -> 
 # ------------------------------------------------------------------ INT8
 
 
-@pytest.mark.parametrize("version", ["8.5.2", "8.6.2", "10.3.0", "10.13.0"])
+@pytest.mark.parametrize("version", ["8.5.2", "8.6.2", "10.3.0", "10.11.0"])
 def test_int8_defaults_to_implicit_with_the_bundle_caches(bundle: Bundle, version: str) -> None:
     add_all_caches(bundle, version)
     jobs = plan_build(bundle, BuildConfig(precision="int8"), version, AGX_ORIN)
@@ -217,8 +219,11 @@ def test_explicit_int8_without_qdq_models_says_calibrate(bundle: Bundle) -> None
 
 
 def test_strongly_typed_refused_where_it_cannot_work(bundle: Bundle) -> None:
-    with pytest.raises(EngineBuildError, match="TensorRT 10 or later"):
+    # issue 12 item 9: the message names the version the gate checks (STRONGLY_TYPED: 9.0 on)
+    with pytest.raises(EngineBuildError, match="TensorRT 9 or later"):
         plan_build(bundle, BuildConfig(precision="fp32", strongly_typed=True), "8.6.2", None)
+    (job, *_) = plan_build(bundle, BuildConfig(precision="fp32", strongly_typed=True), "9.0", None)
+    assert job.strongly_typed
     add_all_caches(bundle, "10.3.0")
     with pytest.raises(EngineBuildError, match="weakly typed"):
         plan_build(
@@ -295,6 +300,18 @@ def test_dla_fp16_on_agx_orin_with_gpu_fallback(bundle: Bundle) -> None:
     assert (job.dla_core, job.gpu_fallback) == (1, True)
     assert job.flags() == ["FP16", "DLA1", "GPU_FALLBACK"]
     assert job.engine.parent.name == "agx-orin-sm87-trt10.3.0"
+
+
+def test_dla_and_gpu_engines_have_different_file_names(bundle: Bundle) -> None:
+    """Issue 12 item 5: a DLA build must not overwrite (or be taken for) the GPU engine."""
+
+    def engine(dla: int | None) -> Path:
+        cfg = BuildConfig(precision="fp16", dla_core=dla, parts=("trunk", "defect"))
+        return plan_build(bundle, cfg, "10.3.0", AGX_ORIN)[1].engine
+
+    names = {engine(None), engine(0), engine(1)}
+    assert len(names) == 3
+    assert engine(0).name == "defect.fp16.dla0.engine" and engine(None).name == "defect.fp16.engine"
 
 
 def test_dla_on_tensorrt_11_0_is_refused(bundle: Bundle) -> None:
@@ -440,6 +457,56 @@ def test_engine_is_current_follows_the_sidecar(bundle: Bundle) -> None:
     write_sidecar(job.engine, info)
     job.engine.write_bytes(b"replaced")
     assert not engine_is_current(job)
+
+
+def test_another_tensorrt_build_number_is_not_up_to_date(bundle: Bundle) -> None:
+    """Issue 12 item 4: after 8.6.1.4 -> 8.6.1.6 the engine no longer deserializes, so edge build
+    must not call it current, and builds into another folder."""
+    gpu = GpuIdentity("Orin", "8.7", "pycuda")
+    cfg = BuildConfig(precision="fp16", parts=("trunk",))
+    old = plan_build(bundle, cfg, "8.6.1.4", ORIN_NANO, gpu=gpu)[0]
+    new = plan_build(bundle, cfg, "8.6.1.6", ORIN_NANO, gpu=gpu)[0]
+    assert old.engine.parent.name == "orin-nano-sm87-trt8.6.1.4"
+    assert new.engine.parent != old.engine.parent
+    new.engine.parent.mkdir(parents=True)
+    new.engine.write_bytes(b"an engine of 8.6.1.4 copied into the new folder")
+    info = {
+        "part": "trunk",
+        "precision": "fp16",
+        "tensorrt": "8.6.1.4",
+        "device": {"name": "Orin", "compute_capability": "8.7"},
+        "onnx_sha256": sha256_file(new.onnx),
+        "strongly_typed": False,
+    }
+    write_sidecar(new.engine, info)
+    assert not engine_is_current(new)
+    write_sidecar(new.engine, {**info, "tensorrt": "8.6.1.6"})
+    assert engine_is_current(new)
+
+
+def test_deprecated_precision_flags_are_said_once_and_strong_typing_preferred(
+    bundle: Bundle,
+) -> None:
+    """Issue 12 item 8: TensorRT 10.12+ deprecates BuilderFlag.FP16/INT8 ("Superseded by strong
+    typing", NvInfer.h 10.12): FP16 still uses the flag and says so on the first job only;
+    INT8 defaults to the explicit Q/DQ models on a strongly typed network; FP32 is strongly
+    typed. 10.3 is unchanged."""
+    fp16 = plan_build(bundle, BuildConfig(precision="fp16"), "10.13.0", AGX_ORIN)
+    said = [n for j in fp16 for n in j.notes if "BuilderFlag.FP16 is deprecated" in n]
+    assert len(said) == 1 and said[0] in fp16[0].notes
+    assert fp16[0].fp16_flag and not fp16[0].strongly_typed
+    add_qdq(bundle)
+    int8 = plan_build(bundle, BuildConfig(precision="int8"), "10.13.0", AGX_ORIN)[0]
+    assert int8.int8_mode == "explicit" and int8.strongly_typed
+    assert not (int8.int8_flag or int8.fp16_flag) and int8.onnx.parent.name == "int8"
+    assert not any("deprecated" in n for n in int8.notes)
+    fp32 = plan_build(bundle, BuildConfig(precision="fp32", parts=("trunk",)), "10.13.0", None)
+    assert fp32[0].strongly_typed
+    weak = BuildConfig(precision="int8", strongly_typed=False)
+    assert plan_build(bundle, weak, "10.13.0", AGX_ORIN)[0].int8_flag  # told: weakly typed
+    old = plan_build(bundle, BuildConfig(precision="fp16"), "10.3.0", AGX_ORIN)
+    assert not any("BuilderFlag" in n for j in old for n in j.notes)
+    assert not plan_build(bundle, BuildConfig(precision="fp32"), "10.3.0", None)[0].strongly_typed
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is here")
