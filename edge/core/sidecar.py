@@ -130,7 +130,8 @@ def _norm_cc(value: object) -> str:
     """'8.7', '87', 'sm_87', (8, 7) -> '8.7'; '11.0' / '110' -> '11.0'."""
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return f"{int(value[0])}.{int(value[1])}"
-    text = str(value).strip().lower().removeprefix("sm_")
+    text = str(value).strip().lower()
+    text = text[3:] if text.startswith("sm_") else text  # Python 3.8: no str.removeprefix
     if "." in text:
         major, minor = text.split(".", 1)
         return f"{int(major)}.{int(minor)}" if major.isdigit() and minor.isdigit() else text
