@@ -15,13 +15,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.core.board import probe_jetson, read_text
 from edge.core.lazy_trt import installed_tensorrt
 
-Runner = Callable[..., Any]
-"""A ``subprocess.run``-compatible function: ``run(args, capture_output=True, text=True, ...)``."""
+if TYPE_CHECKING:  # an alias for annotations only (Python 3.8 cannot subscript Callable)
+    Runner = Callable[..., Any]
+    """A ``subprocess.run``-compatible function: ``run(args, capture_output=True, ...)``."""
 
 
 # ------------------------------------------------------------------ power mode and clocks

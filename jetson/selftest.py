@@ -223,7 +223,8 @@ def _jsonable(c: Comparison) -> dict[str, object]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m edge.jetson.selftest`` (jetson/selftest.sh calls it)."""
     p = argparse.ArgumentParser(
         prog="python -m edge.jetson.selftest",
         description=__doc__,
@@ -239,7 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=16, help="demo-line frames to compare")
     p.add_argument("--engines", type=Path, help="engine folder (default: this device's)")
     p.add_argument("--json", type=Path, help="also write the comparisons here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         comparisons, problems = run_selftest(
             args.bundle, args.precision or ["fp16", "int8"], args.frames, args.engines

@@ -97,7 +97,7 @@ fi
 if [ -n "${EDGE_PROFILE_ARGS:-}" ]; then
   read -r -a profile_args <<<"$EDGE_PROFILE_ARGS"
 else
-  profile_args=(--backend tensorrt --precision "${built[0]:-fp16}" --frames 300 --out "$work/profile")
+  profile_args=(--backend tensorrt --precision "${built[0]:-fp16}" --frames 300 --report "$work/profile")
 fi
 say "== edge profile $bundle ${profile_args[*]}"
 set +e

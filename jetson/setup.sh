@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up etr-edge on a Jetson with JetPack 5.1.x (L4T R35) or 6.x (L4T R36).
+# Set up etr-edge on a Jetson with JetPack 5.1.x (L4T R35), 6.x (L4T R36) or 7.x (L4T R38/R39).
 #
 #   jetson/setup.sh [--venv DIR] [--no-apt] [--force] [--image-build]
 #
@@ -7,7 +7,10 @@
 #   TensorRT Python bindings and OpenCV if they are missing (JetPack's OpenCV has GStreamer,
 #   pip's wheels do not: csi:// and gst: sources need it).
 # - a venv made from the system python3 with --system-site-packages, so JetPack's cv2 and
-#   tensorrt (built for that python) stay visible inside it;
+#   tensorrt (built for that python) stay visible inside it. Python 3.8 (JetPack 5), 3.10
+#   (JetPack 6) and 3.12 (JetPack 7) all run what a board needs (edge build/run/profile,
+#   jetson/*); training and conversion (`edge train/convert/calibrate/demo`, torch + onnx) need
+#   Python 3.10+ and belong on a PC;
 # - numpy < 2 (JetPack's cv2 is built against numpy 1.x), the other runtime dependencies, pycuda
 #   built against /usr/local/cuda, and etr-edge itself with --no-deps, so no pip OpenCV is ever
 #   installed over the system one;
@@ -38,7 +41,7 @@ die() {
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -56,15 +59,18 @@ while [ $# -gt 0 ]; do
 done
 
 # -- 1. which JetPack --------------------------------------------------------------------------
-release=$(head -n 1 /etc/nv_tegra_release 2>/dev/null || true)
+# EDGE_L4T_RELEASE_FILE: another release file (tests feed the files of other boards)
+release=$(head -n 1 "${EDGE_L4T_RELEASE_FILE:-/etc/nv_tegra_release}" 2>/dev/null || true)
 case "$release" in
   *"R35 "*) say "L4T R35 (JetPack 5.x): ${release%%,*}" ;;
   *"R36 "*) say "L4T R36 (JetPack 6.x): ${release%%,*}" ;;
+  *"R38 "* | *"R39 "*) say "L4T ${release:2:3} (JetPack 7.x): ${release%%,*}" ;;
+  *"R32 "*) die "L4T R32 is JetPack 4.x: its TensorRT 8.2 and Python 3.6 are too old for etr-edge (JetPack 5.1 or newer is needed)" ;;
   *)
     if [ "$force" -eq 1 ]; then
-      say "not a JetPack 5.1/6.x board (/etc/nv_tegra_release: '${release:-missing}'); going on (--force)"
+      say "not a JetPack 5.1/6.x/7.x board (/etc/nv_tegra_release: '${release:-missing}'); going on (--force)"
     else
-      die "this is not JetPack 5.1/6.x (/etc/nv_tegra_release: '${release:-missing}'). JetPack 4.6 (TensorRT 8.2) is too old for etr-edge's TensorRT path; in a container without that file pass --force"
+      die "this is not JetPack 5.1/6.x/7.x (/etc/nv_tegra_release: '${release:-missing}'); in a container without that file pass --force"
     fi
     ;;
 esac
@@ -109,6 +115,8 @@ if "$py" -c 'import pycuda.driver' 2>/dev/null; then
 else
   cuda=${CUDA_HOME:-/usr/local/cuda}
   [ -x "$cuda/bin/nvcc" ] || die "no CUDA toolkit at $cuda (nvcc missing): install JetPack's CUDA (sudo apt install nvidia-jetpack) or set CUDA_HOME"
+  # pycuda's build compiles against cuRAND's header, which comes in a package of its own
+  [ -f "$cuda/include/curand.h" ] || die "no $cuda/include/curand.h (pycuda's build needs it): sudo apt install nvidia-jetpack (or the cuda-libraries-dev / libcurand-dev package of this CUDA)"
   say "building pycuda against $cuda (a few minutes)"
   PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CPATH="$cuda/include:${CPATH:-}" \
     LIBRARY_PATH="$cuda/lib64:$cuda/lib64/stubs:${LIBRARY_PATH:-}" "${pip[@]}" "${jetson_deps[@]}"

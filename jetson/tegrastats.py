@@ -1,17 +1,22 @@
 """Parse ``tegrastats`` lines of every Jetson module, and sample them during a benchmark.
 
 Line formats (real lines in tests/jetson/data/tegrastats): Orin and Xavier NX print rails as
-``VDD_IN 5704mW/5704mW``, Nano and TX2 as ``POM_5V_IN 1284/1284`` (also mW); Orin prints the GPU
-clock per GPC as ``GR3D_FREQ 0%@[305]`` or ``@[0,0]``, older boards ``GR3D_FREQ 0%@76`` or just
-``0%``; CPU cores are ``load%@MHz`` or ``off``; temperatures ``name@41.5C``, where ``-256C`` means
-an absent sensor and ``PMIC@100C`` is a dummy value.
+``VDD_IN 5704mW/5704mW``, Nano and TX2 as ``POM_5V_IN 1284/1284`` (also mW); L4T R39.2 prints a
+third value, the peak (``VDD_GPU 4925mW/4925mW/4925mW``: current/average/max). Orin prints the
+GPU clock per GPC as ``GR3D_FREQ 0%@[305]`` or ``@[0,0]``, Thor (L4T R38+) without the load
+(``GR3D_FREQ @[0,0,0]``), older boards ``GR3D_FREQ 0%@76`` or just ``0%``; CPU cores are
+``load%@MHz`` or ``off``; temperatures ``name@41.5C`` (R39.2: ``name@41.5C/42.0C``, current/max),
+where ``-256C`` means an absent sensor and ``PMIC@100C`` is a dummy value.
 
 Total power is the module-input rail, never a sum of sub-rails (jetson_stats#51):
-``VDD_IN`` (Orin NX/Nano, Xavier NX, TX2), ``POM_5V_IN`` (Nano). AGX Orin has no single input
+``VDD_IN`` (Orin NX/Nano, Xavier NX, TX2), ``POM_5V_IN`` (Nano), ``VIN`` (Thor, where its line
+has it). AGX Orin has no single input
 rail: its total is VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0, the three rails of its first INA3221
 (VDDQ_VDD2_1V8AO is fed from VIN_SYS_5V0 and is not added again; jtop's fallback sums every
 rail, which counts it twice). AGX Xavier's six input-side rails add up to its total (NVIDIA
-forum "Xavier total power consumption", cited in jetson_stats#51). Anything else: no total.
+forum "Xavier total power consumption", cited in jetson_stats#51). Thor without ``VIN``: the sum
+VDD_GPU + VDD_CPU_SOC_MSS + VIN_SYS_5V0 of its printed rails, labelled as a lower bound (no
+module-input rail in the line). Anything else: no total.
 """
 
 from __future__ import annotations
@@ -49,11 +54,14 @@ class TegraSample:
     emc_load: int | None
     emc_mhz: int | None
     gpu_load: int | None
+    """None where the line prints no GPU load (Thor: ``GR3D_FREQ @[f0,f1,f2]``)."""
     gpu_mhz: tuple[int, ...]
     """The GPU clock: one value, or one per GPC on Orin (``@[f0,f1]``); empty when not printed."""
     temps: dict[str, float] = field(default_factory=dict)
     rails: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Rail name -> (current mW, average mW since tegrastats started)."""
+    rails_max: dict[str, int] = field(default_factory=dict)
+    """Rail name -> peak mW since tegrastats started, where the line prints it (L4T R39.2+)."""
     total_power_mw: int | None = None
     total_power_avg_mw: int | None = None
     total_power_source: str | None = None
@@ -65,13 +73,16 @@ _RAM = re.compile(r"\bRAM (\d+)/(\d+)([kMG])B\b")
 _SWAP = re.compile(r"\bSWAP (\d+)/(\d+)([kMG])B\b")
 _CPU = re.compile(r"\bCPU \[([^\]]*)\](?:@(\d+))?")
 _EMC = re.compile(r"\bEMC_FREQ (\d+)%(?:@(\d+))?")
-_GPU = re.compile(r"\bGR3D_FREQ (\d+)%(?:@(?:\[([\d,]*)\]|(\d+)))?")
+_GPU = re.compile(r"\bGR3D_FREQ (?:(\d+)%)?(?:@(?:\[([\d,]*)\]|(\d+)))?")
 _TEMP = re.compile(r"(?<![\w%@])([A-Za-z][\w-]*)@(-?\d+(?:\.\d+)?)C\b")
-_RAIL = re.compile(r"(?<![\w@/])([A-Za-z][A-Za-z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?(?![\w/])")
+_RAIL = re.compile(
+    r"(?<![\w@/])([A-Za-z][A-Za-z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?(?:/(\d+)(?:mW)?)?(?![\w/])"
+)
 _NOT_RAILS = {"RAM", "SWAP", "IRAM", "NC"}
 
 _AGX_ORIN_INPUTS = ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0")
 _AGX_XAVIER_INPUTS = ("GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V")
+_THOR_RAILS = ("VDD_GPU", "VDD_CPU_SOC_MSS", "VIN_SYS_5V0")
 
 
 def _to_mb(value: str, unit: str) -> int:
@@ -93,7 +104,7 @@ def _parse_cpu(body: str, shared_mhz: str | None) -> tuple[tuple[int, int | None
 
 
 def _total_power(rails: dict[str, tuple[int, int]]) -> tuple[int | None, int | None, str | None]:
-    for name in ("VDD_IN", "POM_5V_IN"):
+    for name in ("VDD_IN", "POM_5V_IN", "VIN"):
         if name in rails:
             cur, avg = rails[name]
             return cur, avg, f"{name} (module input rail)"
@@ -105,6 +116,11 @@ def _total_power(rails: dict[str, tuple[int, int]]) -> tuple[int | None, int | N
             cur = sum(rails[n][0] for n in group)
             avg = sum(rails[n][1] for n in group)
             return cur, avg, f"{' + '.join(group)} ({label}: sum of its input-side rails)"
+    if all(name in rails for name in _THOR_RAILS):
+        cur = sum(rails[n][0] for n in _THOR_RAILS)
+        avg = sum(rails[n][1] for n in _THOR_RAILS)
+        rails_sum = " + ".join(_THOR_RAILS)
+        return cur, avg, f"{rails_sum} (Thor: sum of the printed rails; a lower bound, no VIN)"
     return None, None, None
 
 
@@ -135,9 +151,12 @@ def parse_tegrastats_line(line: str) -> TegraSample:
             continue  # absent sensor / dummy reading
         temps[name] = t
     rails: dict[str, tuple[int, int]] = {}
-    for name, cur, avg in _RAIL.findall(text):
+    rails_max: dict[str, int] = {}
+    for name, cur, avg, peak in _RAIL.findall(text):
         if name not in _NOT_RAILS:
             rails[name] = (int(cur), int(avg))
+            if peak:
+                rails_max[name] = int(peak)
     total, total_avg, source = _total_power(rails)
     return TegraSample(
         timestamp=ts.group(1) if ts else None,
@@ -151,10 +170,11 @@ def parse_tegrastats_line(line: str) -> TegraSample:
         cpu=_parse_cpu(cpu.group(1), cpu.group(2)) if cpu else (),
         emc_load=int(emc.group(1)) if emc else None,
         emc_mhz=int(emc.group(2)) if emc and emc.group(2) else None,
-        gpu_load=int(gpu.group(1)) if gpu else None,
+        gpu_load=int(gpu.group(1)) if gpu and gpu.group(1) else None,
         gpu_mhz=gpu_mhz,
         temps=temps,
         rails=rails,
+        rails_max=rails_max,
         total_power_mw=total,
         total_power_avg_mw=total_avg,
         total_power_source=source,

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -186,8 +186,9 @@ def run_bundle(
 
 
 _END = object()
-_Item = tuple[Frame, np.ndarray | None, int]
-"""(frame, its preprocessed input or None, the preprocessing time in ns)"""
+if TYPE_CHECKING:  # an alias for annotations only (Python 3.8: no tuple[...] at run time)
+    _Item = tuple[Frame, np.ndarray | None, int]
+    """(frame, its preprocessed input or None, the preprocessing time in ns)"""
 
 
 class _Direct:
@@ -361,7 +362,7 @@ class _Loop:
                     break
                 if item is None:
                     continue
-                frame, prepared, pre_ns = cast(_Item, item)
+                frame, prepared, pre_ns = cast("_Item", item)
                 if (
                     self.capture.policy.kind == "latest"
                     and self.last_id is not None

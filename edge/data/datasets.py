@@ -58,7 +58,7 @@ def _kind_of(value: object) -> str:
         return "segmentation"
     if isinstance(value, str):
         return "classification"
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return "regression"
     return "unsupported"
 

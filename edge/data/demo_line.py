@@ -112,7 +112,7 @@ class LineConfig:
             ("belt_speed", 1000.0),
         ):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= hi:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= hi:
                 raise ConfigError(
                     f"LineConfig.{name} must be a number in [0, {hi}], got {v!r}", stage=_STAGE
                 )
@@ -151,7 +151,7 @@ class LineFrame:
 
 
 def _check_index(index: object) -> int:
-    if isinstance(index, bool) or not isinstance(index, int | np.integer) or index < 0:
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise ConfigError(
             f"a frame index must be a non-negative integer, got {index!r}", stage=_STAGE
         )

@@ -197,7 +197,7 @@ class _EngineBundle(Bundle):
     precision = "fp16"
 
     def path(self, part_or_file: str) -> Path:
-        part = part_or_file.removesuffix(".onnx")
+        part = part_or_file[: -len(".onnx")] if part_or_file.endswith(".onnx") else part_or_file
         found = sorted(
             (self.root / "engines").glob(f"*/{part}.{self.precision}.engine"),
             key=lambda p: p.stat().st_mtime,

@@ -30,6 +30,7 @@ takes each part's median and compares against the measured run's *class-weighted
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -51,6 +52,11 @@ from edge.runtime.schedule import Schedule
 
 STATISTICS = ("median", "mean")
 MAX_CYCLE = 100_000
+
+
+def _lcm(a: int, b: int) -> int:
+    """math.lcm of two (math.lcm is Python 3.9+)."""
+    return a * b // math.gcd(a, b)
 
 
 def _center(values: np.ndarray, statistic: str) -> float:
@@ -252,7 +258,7 @@ def predict_schedule(
                 f"condition holds on (e.g. {r.task}=0.1)",
                 stage="profile",
             )
-    cycle = math.lcm(*[r.period for r in active]) if active else 1
+    cycle = functools.reduce(_lcm, [r.period for r in active], 1)
     cycle = min(cycle, MAX_CYCLE)
     trunk = merged = 0.0
     merges = _merges(costs, schedule.rules)

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -96,7 +96,8 @@ class ProgressLine:
             self._dirty = False
 
 
-Progress = Callable[[str, int, int | None], None]
+if TYPE_CHECKING:  # an alias for annotations only (Python 3.8 cannot subscript Callable)
+    Progress = Callable[[str, int, int | None], None]
 
 
 def run_interleaved(

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import numpy as np
 
@@ -51,7 +51,7 @@ from edge.core.errors import (
 if TYPE_CHECKING:
     from edge.core.manifest import Bundle
 
-Dim = int | str | None
+Dim = Union[int, str, None]  # noqa: UP007  (Python 3.8 has no X | Y at run time)
 """A dimension: an int when fixed, a symbol (``"batch"``) or None when dynamic."""
 
 _B = TypeVar("_B", bound="Backend")
@@ -85,7 +85,7 @@ def dtype_name(dtype: np.dtype[Any]) -> str:
 
 def concrete_shape(meta: TensorMeta) -> tuple[int, ...]:
     """The shape of an actual tensor (every dim a number: taps and outputs, not declarations)."""
-    dims = tuple(int(d) for d in meta.shape if isinstance(d, int | np.integer))
+    dims = tuple(int(d) for d in meta.shape if isinstance(d, (int, np.integer)))
     if len(dims) != len(meta.shape):
         raise InternalError(f"tensor '{meta.name}' has symbolic dims {meta.shape} after a run")
     return dims

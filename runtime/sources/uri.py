@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 import cv2
 import numpy as np
 
+from edge.core.board import probe_jetson
 from edge.core.errors import EdgeError, SourceError
 from edge.data.demo_line import LineConfig
 from edge.runtime.sources.base import Source, SourceOptions, redact_uri
@@ -155,13 +156,13 @@ def rtsp_pipeline(
     else:
         convert = "videoconvert" + (f" ! videoscale ! video/x-raw{size}" if size else "")
     return (
-        f'rtspsrc location="{url}" latency={latency_ms} drop-on-latency=true ! {decode}'
-        f" ! {convert} ! video/x-raw,format=BGR ! {APPSINK_LOW_LATENCY}"
+        f'rtspsrc location="{url}" latency={latency_ms} drop-on-latency=true protocols=tcp'
+        f" ! {decode} ! {convert} ! video/x-raw,format=BGR ! {APPSINK_LOW_LATENCY}"
     )
 
 
-def _is_jetson() -> bool:
-    return Path("/etc/nv_tegra_release").exists()
+def _is_jetson(root: Path = Path("/")) -> bool:
+    return probe_jetson(root) is not None  # the device tree: also in containers without L4T files
 
 
 def _bad_uri(uri: str, problem: str) -> SourceError:
@@ -190,7 +191,7 @@ def _int_param(uri: str, name: str, text: str, minimum: int) -> int:
 
 
 def _synthetic(uri: str, rest: str, options: SourceOptions) -> SyntheticSource:
-    rest = rest.removeprefix("//")
+    rest = rest[2:] if rest.startswith("//") else rest  # no str.removeprefix on Python 3.8
     if rest and not rest.startswith("?"):
         raise _bad_uri(uri, "synthetic takes only query parameters after 'synthetic:'")
     q = dict(parse_qsl(rest[1:], keep_blank_values=True))

@@ -84,6 +84,54 @@ def test_xavier_nx() -> None:
     assert s.total_power_mw == 5079
 
 
+def test_thor_r38_gpu_clock_without_load_and_its_rails() -> None:
+    s = parse_tegrastats_line(line("thor_r38"))
+    assert s.timestamp == "02-14-2026 09:12:40"
+    assert (s.ram_used_mb, s.ram_total_mb, s.swap) == (5120, 125773, (0, 2048))
+    assert len(s.cpu) == 14 and s.cpu[9] == (12, 2601)
+    assert (s.emc_load, s.emc_mhz) == (1, 665)
+    assert (s.gpu_load, s.gpu_mhz) == (None, (0, 0, 0))  # R38 prints no GPU load
+    assert s.temps == {"cpu": 36.125, "tj": 37.5, "soc012": 35.906, "soc345": 36.25}
+    assert s.rails == {
+        "VDD_GPU": (0, 0),
+        "VDD_CPU_SOC_MSS": (4402, 4390),
+        "VIN_SYS_5V0": (4215, 4198),
+    }
+    assert s.rails_max == {}
+    assert (s.total_power_mw, s.total_power_avg_mw) == (0 + 4402 + 4215, 0 + 4390 + 4198)
+    assert s.total_power_source is not None and "lower bound" in s.total_power_source
+
+
+def test_thor_r38_vin_is_the_total() -> None:
+    s = parse_tegrastats_line(line("thor_r38_vin"))
+    assert (s.gpu_load, s.gpu_mhz) == (None, (1575, 1575, 1575))
+    assert set(s.rails) == {"VDD_GPU", "VDD_CPU_SOC_MSS", "VIN_SYS_5V0", "VIN"}
+    assert (s.total_power_mw, s.total_power_avg_mw) == (38640, 37915)  # not a sum of sub-rails
+    assert s.total_power_source is not None and s.total_power_source.startswith("VIN ")
+
+
+def test_thor_r39_2_three_value_rails_and_temperatures() -> None:
+    s = parse_tegrastats_line(line("thor_r39_2"))
+    assert (s.gpu_load, s.gpu_mhz) == (None, (314, 314, 314))
+    assert s.rails == {
+        "VDD_GPU": (5012, 4980),
+        "VDD_CPU_SOC_MSS": (8120, 8405),
+        "VIN_SYS_5V0": (6702, 6735),
+    }
+    assert s.rails_max == {"VDD_GPU": 5120, "VDD_CPU_SOC_MSS": 8790, "VIN_SYS_5V0": 6810}
+    assert s.temps == {  # current of "current/max"
+        "cpu": 35.125,
+        "tj": 36.25,
+        "soc012": 34.75,
+        "gpu": 36.25,
+        "soc345": 34.5,
+    }
+    assert s.total_power_mw == 5012 + 8120 + 6702
+    summary = TegrastatsSampler.from_lines([line("thor_r39_2")] * 3).summary()
+    assert summary["skipped_lines"] == 0 and summary["gpu_load_mean"] is None
+    assert summary["power_mw"]["VDD_GPU"] == {"mean": 5012, "max": 5012.0}
+
+
 def test_tx2_jp4_rails_without_mw_suffix() -> None:
     s = parse_tegrastats_line(line("tx2_jp4"))
     assert (s.ram_used_mb, s.ram_total_mb, s.swap) == (2020, 7852, None)
