@@ -15,8 +15,6 @@ import numpy as np
 
 from edge.core.errors import BundleError
 
-Arrays = dict[str, np.ndarray]
-
 
 class HostRunner(Protocol):
     """What :meth:`SplitRunner.run` needs of a part: its input names and a host-array run."""
@@ -45,11 +43,11 @@ class SplitRunner:
     # -- host arrays ----------------------------------------------------------------------------
     def run(
         self, feed: Mapping[str, np.ndarray], parts: Iterable[str] | None = None
-    ) -> dict[str, Arrays]:
+    ) -> dict[str, dict[str, np.ndarray]]:
         """``{"trunk": trunk outputs, part: head outputs, ...}`` for ``parts`` (default: every
         head). A head's input comes from the trunk's outputs, or the feed when the trunk does not
         output it."""
-        outs: dict[str, Arrays] = {"trunk": self.trunk.run(feed)}
+        outs: dict[str, dict[str, np.ndarray]] = {"trunk": self.trunk.run(feed)}
         given = {**feed, **outs["trunk"]}
         for part in self.heads if parts is None else parts:
             head = self._head(part)
@@ -61,11 +59,11 @@ class SplitRunner:
         """The trunk's outputs as taps (device-resident where the backend keeps them there)."""
         return self.trunk.run_taps(feed)
 
-    def head(self, part: str, taps: Any, outputs: list[str] | None = None) -> Arrays:
+    def head(self, part: str, taps: Any, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """One head part's outputs on the trunk's ``taps``."""
         return dict(self._head(part).run_from_taps(taps, outputs))
 
-    def all_heads(self, taps: Any) -> Arrays:
+    def all_heads(self, taps: Any) -> dict[str, np.ndarray]:
         """Every task's outputs on ``taps`` through the merged-heads part (one call)."""
         if self.merged is None:
             raise BundleError("this bundle has no merged heads part; run the heads one by one")
