@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from edge.calib.collect import (
     map_tensors,
 )
 from edge.calib.data import calibration_and_eval_frames
+from edge.calib.placement import Placement, exact_input_scales
 from edge.calib.qdq import QdqPlan, check_qdq, node_key, quantize_model
 from edge.calib.report import (
     REPORT_FORMAT,
@@ -53,6 +54,8 @@ from edge.core.manifest import MANIFEST, Bundle, load_bundle
 from edge.core.trt_version import DEFAULT_TARGET, TrtVersion
 
 OUTPUT_DIRS = ("calib", "int8")
+PLACEMENTS = {"tensorrt": Placement(), "all": Placement.everything()}
+"""--placement -> the rules that keep weighted ops float (``edge.calib.placement``)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class CalibConfig:
     """Held-out frames for the report (default: held-out demo-line frames, or frames of --data
     not used for calibration)."""
     sensitivity: bool = False
+    placement: str = "tensorrt"
+    """Which weighted ops get Q/DQ: ``tensorrt`` (where INT8 pays on TensorRT:
+    ``edge.calib.placement``) or ``all``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
@@ -104,6 +110,10 @@ class CalibConfig:
             problems.append(f"--percentile {self.percentile} must be in (0, 100], e.g. 99.99")
         if self.eval_frames < 0:
             problems.append(f"--eval-frames {self.eval_frames} must be >= 0")
+        if self.placement not in PLACEMENTS:
+            problems.append(
+                f"--placement {self.placement!r}: expected one of {', '.join(PLACEMENTS)}"
+            )
         if self.sensitivity and self.eval_frames == 0:
             problems.append("--sensitivity needs evaluation frames (--eval-frames > 0)")
         if problems:
@@ -139,6 +149,27 @@ def _part_amaxes(stats: Mapping[str, PartStats], cfg: CalibConfig) -> dict[str, 
             if id(s) not in done:
                 done[id(s)] = compute_amax(s, cfg.algorithm, percentile=cfg.percentile)
             out[part][name] = done[id(s)]
+    return out
+
+
+EXACT_LEVELS = 127.0
+"""amax = scale * 127: the cache and the Q/DQ models store amax / 127."""
+
+
+def _exact_inputs(
+    parts: Mapping[str, onnx.ModelProto], amaxes: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Replace the calibrated amax of tensors computed from the uint8 input alone by the one
+    whose scale represents every value exactly (``placement.exact_input_scales``), in every
+    part (the fused graph's included, in the result); return part -> tensor -> scale."""
+    out: dict[str, dict[str, float]] = {}
+    for part, model in parts.items():
+        names = calibration_tensors(model)
+        scales = exact_input_scales(model, names)
+        if scales:
+            out[part] = scales
+            if part in amaxes:
+                amaxes[part].update({t: EXACT_LEVELS * s for t, s in scales.items()})
     return out
 
 
@@ -215,6 +246,7 @@ class _QuantizeInputs:
     """fused tensor -> (part, tensor) of the split parts."""
     kept_outputs: frozenset[str]
     """Output tensors of the heads kept in float."""
+    placement: Placement = field(default_factory=Placement)
 
 
 def _quantize_part(
@@ -229,7 +261,11 @@ def _quantize_part(
     else:
         keep_t, stop = set(keep), set()
     return quantize_model(
-        model, q.amaxes[part], keep_float=keep_t, keep_float_nodes=head_nodes(model, outputs, stop)
+        model,
+        q.amaxes[part],
+        keep_float=keep_t,
+        keep_float_nodes=head_nodes(model, outputs, stop),
+        placement=q.placement,
     )
 
 
@@ -315,6 +351,7 @@ def calibrate_bundle(
     say(f"collecting statistics of the trunk and {len(split) - 1} heads")
     stats = collect_bundle(split, calib.batches(cfg.batch), input_name=bundle.input.name)
     amaxes = _part_amaxes(stats, cfg)
+    exact = _exact_inputs(parts, amaxes)
     t2 = time.perf_counter()
     caches = {
         p: CalibrationCache.from_amaxes(cfg.target_version, cfg.algorithm, amaxes[p]) for p in stats
@@ -323,12 +360,14 @@ def calibrate_bundle(
     fused_amax = _fused_amaxes(
         parts, where, amaxes, lambda: calib.batches(cfg.batch), cfg, bundle.input.name
     )
+    fused_amax.update({t: EXACT_LEVELS * s for t, s in exact.get("fused", {}).items()})
     say("writing the Q/DQ models")
     qin = _QuantizeInputs(
         parts,
         {**amaxes, "fused": fused_amax},
         where,
         frozenset(bundle.tasks[t].output for t in cfg.keep_float_heads),
+        PLACEMENTS[cfg.placement],
     )
     q = _quantize(qin, cfg)
     for part, model in q.models.items():
@@ -366,6 +405,7 @@ def calibrate_bundle(
         "keep_float_heads": list(cfg.keep_float_heads),
         "tensors": {p: len(c.scales) for p, c in caches.items()},
         "qdq": {p: plan.summary() for p, plan in q.plans.items()},
+        "exact_input_scales": exact,
     }
     report["timing_s"] = {
         "frames": round(t1 - t0, 3),
