@@ -164,12 +164,18 @@ def _exact_inputs(
     part (the fused graph's included, in the result); return part -> tensor -> scale."""
     out: dict[str, dict[str, float]] = {}
     for part, model in parts.items():
-        names = calibration_tensors(model)
-        scales = exact_input_scales(model, names)
+        scales = exact_input_scales(model, calibration_tensors(model))
         if scales:
             out[part] = scales
-            if part in amaxes:
-                amaxes[part].update({t: EXACT_LEVELS * s for t, s in scales.items()})
+    # a head's input (a tap) is the trunk's tensor: the same scale
+    trunk = out.get("trunk", {})
+    for part, model in parts.items():
+        taps = {i.name: trunk[i.name] for i in model.graph.input if i.name in trunk}
+        if part not in ("trunk", "fused") and taps:
+            out[part] = {**out.get(part, {}), **taps}
+    for part, scales in out.items():
+        if part in amaxes:
+            amaxes[part].update({t: EXACT_LEVELS * s for t, s in scales.items()})
     return out
 
 
