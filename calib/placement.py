@@ -203,3 +203,20 @@ def exact_input_scales(model: onnx.ModelProto, tensors: Collection[str]) -> dict
         if src is not None:
             scales[t] = scales[src]
     return scales
+
+
+def placement_markdown(qdq: Mapping[str, Mapping[str, object]], part: str = "fused") -> list[str]:
+    """report.md's table of ``part``'s weighted ops: INT8 or float, and why."""
+    decisions = qdq.get(part, {}).get("decisions") if qdq else None
+    if not isinstance(decisions, Mapping) or not decisions:
+        return []
+    lines = [
+        "",
+        f"## Placement ({part} graph): which weighted ops run in INT8",
+        "",
+        "| op | output | precision | reason |",
+        "|---|---|---|---|",
+    ]
+    for key, d in decisions.items():
+        lines.append(f"| {d['op']} | `{key}` | {d['precision']} | {d['reason']} |")
+    return lines

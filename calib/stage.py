@@ -40,6 +40,8 @@ from edge.calib.collect import (
     map_tensors,
 )
 from edge.calib.data import calibration_and_eval_frames
+from edge.calib.drift import compare as compare_stats
+from edge.calib.drift import warnings as data_warnings
 from edge.calib.placement import Placement, exact_input_scales
 from edge.calib.qdq import QdqPlan, check_qdq, node_key, quantize_model
 from edge.calib.report import (
@@ -177,6 +179,12 @@ def _exact_inputs(
         if part in amaxes:
             amaxes[part].update({t: EXACT_LEVELS * s for t, s in scales.items()})
     return out
+
+
+def _tasks_of_parts(bundle: Bundle, split: Collection[str]) -> dict[str, list[str]]:
+    """Part -> the tasks whose output depends on it (the trunk and a merged part: all)."""
+    own = {p: [t for t, o in bundle.tasks.items() if o.head == p] for p in split}
+    return {p: tasks or list(bundle.tasks) for p, tasks in own.items()}
 
 
 def _check_keep(cfg: CalibConfig, bundle: Bundle, split: Mapping[str, onnx.ModelProto]) -> None:
@@ -397,11 +405,21 @@ def calibrate_bundle(
         "worst_tensors": [],
         "sensitivity": None,
     }
+    drift = None
+    if held is not None:
+        say(f"comparing calibration and evaluation statistics on {len(held)} frames")
+        held_stats = collect_bundle(split, held.batches(cfg.batch), input_name=bundle.input.name)
+        drift = compare_stats(stats, held_stats, _tasks_of_parts(bundle, split))
+    warns = data_warnings(drift, algorithm=cfg.algorithm, frames=len(calib), data_info=calib.info)
+    for w in warns:
+        say(f"warning: {w}")
     if held is not None:
         say(f"evaluating FP32 vs INT8 on {len(held)} held-out frames")
         report = build_report(
             _report_inputs(bundle, qin, q, cfg), held, batch=cfg.batch, sensitivity=cfg.sensitivity
         )
+    report["warnings"] = warns
+    report["drift"] = drift
     report["calibration"] = {
         **meta,
         "config": cfg.to_dict(),
