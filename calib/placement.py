@@ -4,10 +4,11 @@
 a quantizable activation input; a non-empty reason leaves the op in float and is recorded in
 the plan (``QdqPlan.decisions``, shown in report.json / report.md). The default rules:
 
-- **tiny convolutions** (fewer than ``min_conv_channels`` = 16 output channels): TensorRT's INT8
-  kernels work on channel groups of 32 (16 for the smallest tactics); a conv with a few output
-  channels pads them and runs no faster in INT8 than in FP16, but its output (often a logit
-  map, like the 8 -> 2 mask classifier) carries the quantization error straight to the task;
+- **tiny convolutions** (fewer than ``min_conv_channels`` = 16 output or input channels):
+  TensorRT's INT8 kernels work on channel groups of 32 (16 for the smallest tactics); a conv
+  with a few channels pads them and runs no faster in INT8 than in FP16, but it pays the
+  rounding: of a logit map on its output (the 8 -> 2 mask classifier), or of a thin early
+  feature map on its input (14 channels at full resolution, which every task reads);
 - **batch-1 Gemm / MatMul** (the row count of the activation is 1): a 1 x K by K x N product is
   a memory-bound GEMV whose time is reading the weights; INT8 saves nothing worth the rounding of
   a classifier's input;
@@ -70,14 +71,17 @@ class Placement:
         """
         op = node.op_type
         if self.min_conv_channels and op in ("Conv", "ConvTranspose") and weight_shape:
-            out_axis = 0 if op == "Conv" else 1
             groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-            channels = weight_shape[out_axis] * (groups if op == "ConvTranspose" else 1)
-            if channels < self.min_conv_channels:
-                return (
-                    f"tiny conv: {channels} output channels < {self.min_conv_channels} "
-                    "(no INT8 speed-up on TensorRT; its error goes straight to the output)"
-                )
+            if op == "Conv":  # weight (out, in / groups, k...)
+                outs, ins = weight_shape[0], weight_shape[1] * groups
+            else:  # ConvTranspose: (in, out / groups, k...)
+                outs, ins = weight_shape[1] * groups, weight_shape[0]
+            for what, channels in (("output", outs), ("input", ins)):
+                if channels < self.min_conv_channels:
+                    return (
+                        f"tiny conv: {channels} {what} channels < {self.min_conv_channels} "
+                        "(no INT8 speed-up on TensorRT)"
+                    )
         if self.float_batch1_gemm and op in ("Gemm", "MatMul") and rows == 1:
             return "batch-1 Gemm/MatMul: a weight-bound GEMV, no INT8 speed-up"
         if self.max_range_ratio:

@@ -13,6 +13,23 @@ manifest's "calibration" section lists every file with its sha256)::
     calib/report.json, calib/report.md             FP32 vs INT8 per task (calib/report.py)
 
 The manifest's own "files" (checked by ``Bundle.verify_hashes``) are not touched.
+
+Where INT8 goes (``--placement``, ``edge.calib.placement``): the Q/DQ models quantize only the
+weighted ops where INT8 pays on TensorRT (not tiny convs, not batch-1 Gemms, not an input that
+concatenates very different ranges); the caches list every tensor, and TensorRT picks precisions
+itself. report.md lists every weighted op's choice and its reason, the warnings about the
+calibration data (``edge.calib.drift``) and where the evaluation frames came from.
+
+Constant and pre-bias entries (see docs/architecture.md, "Calibration caches"): TensorRT's own
+calibrator also records tensors it creates while parsing: constant layers (an initializer
+used as a tensor, e.g. a Gemm weight), their broadcasts, and the MatMul output before a Gemm's
+bias add. The caches written here do not: in implicit INT8, TensorRT asks the cache for a tensor
+only when it considers an INT8 kernel that reads or writes it, and a tensor without a scale just
+runs that layer in FP16/FP32. A constant's range is known at build time (weights are quantized
+per channel from their own values, never from the cache), and the pre-bias product exists only
+inside the fused Gemm/FullyConnected kernel, whose output scale is the Gemm output's, which the
+cache has. So the missing entries change no kernel choice; ``cache.trt_tensor_origin`` makes
+TensorRT-written caches that do have them read and check cleanly.
 """
 
 from __future__ import annotations
