@@ -9,9 +9,10 @@ Both calibrate the demo bundle with entropy on the same calibration frames (``--
   entropy --calibration_eps cpu`` on the bundle's fused graph as it is (batch 1, the frames as
   one .npy), in a subprocess of its own virtual environment. (Given a dynamic-batch copy and
   ``--calibration_shapes image:32x128x128x3`` instead, its entropy scales came out near the
-  absmax, and its mask IoU 0.3 higher; that is not how a bundle's graph is handed to it.) The benchmark creates that venv under
-  ``--cache`` (default ``~/.cache/etr-edge/modelopt-venv``): ``torch==2.13.0`` first (the CPU
-  build, so pip does not pull a CUDA one), then ``nvidia-modelopt[onnx]==--modelopt-version``.
+  absmax, and its mask IoU 0.3 higher; that is not how a bundle's graph is handed to it.)
+  The benchmark creates that venv under ``--cache`` (default
+  ``~/.cache/etr-edge/modelopt-venv``): ``torch==2.13.0`` first (the CPU build, so pip does not
+  pull a CUDA one), then ``nvidia-modelopt[onnx]==--modelopt-version``.
 
 Each runs ``--repeats`` times, alternately; wall time and peak RSS (``ru_maxrss`` of the child,
 from ``os.wait4``) are whole processes, interpreter and imports included: what a user waits for.
