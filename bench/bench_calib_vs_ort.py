@@ -161,11 +161,16 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Any, Any, Any]:
 
 
 def evaluate(
-    bundle: Any, held: Any, models: dict[str, Path], batch: int, resamples: int = 2000
+    bundle: Any,
+    held: Any,
+    models: dict[str, Path],
+    batch: int,
+    resamples: int = 2000,
+    baseline: str = "ort",
 ) -> dict[str, Any]:
     """Each task's primary metric per model, scored as ``edge calibrate``'s report scores it
     (at the model's input size, masks from bilinearly upsampled logits), and a paired bootstrap
-    over frames of ours - ORT (95 % interval): the same frames resampled for both models."""
+    over frames of ours - ``baseline`` (95 % interval): the same frames resampled for both."""
     import onnx
 
     from edge.calib.collect import BatchRunner
@@ -198,7 +203,7 @@ def evaluate(
             row[name] = float(primary_from_terms(spec, tt.sum(axis=0)))
         idx = rng.integers(0, len(target), size=(resamples, len(target)))
         diff = primary_from_terms(spec, terms["ours"][idx].sum(axis=1)) - primary_from_terms(
-            spec, terms["ort"][idx].sum(axis=1)
+            spec, terms[baseline][idx].sum(axis=1)
         )
         row["ci"] = (float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5)))
         row["metric"] = PRIMARY[spec.kind]

@@ -14,9 +14,19 @@ other line is ``<tensor name>: <hex>``: the big-endian IEEE-754 bits of the floa
 and tensor names may contain spaces, colons, brackets and asterisks, so a line is split on its
 last ``": "``.
 
-We write 8 hex digits always (``struct.pack('>f', s).hex()``; identical to TensorRT's output for
-every scale above ~1e-28, and ``00000000`` for zero) because ModelOpt's
-``import_scales_from_calib_cache`` decodes with ``bytes.fromhex`` and fails on odd-length hex.
+We write 8 hex digits for the scales we compute (``struct.pack('>f', s).hex()``; identical to
+TensorRT's output for every scale above ~1e-28, and ``00000000`` for zero) because ModelOpt's
+``import_scales_from_calib_cache`` decodes with ``bytes.fromhex`` and fails on odd-length hex. A
+cache that was read keeps each line's hex text as written, so any cache TensorRT wrote (unpadded
+``0`` included) is written back byte for byte (LF line ends).
+
+Every cache TensorRT writes is read: TensorRT records ``7f800000`` (+inf) for a tensor whose range
+is unbounded (a Log output that saw 0); such entries are kept (``infinite_tensors``) and reported,
+never refused. TensorRT 10's parser names tensors it creates after the ONNX node or tensor they
+come from (``<name>_output``, ``<name>_output_0_output``, ``<name>_1``), after the initializers it
+turns into constant layers (the initializer's name), or ``ONNXTRT_*`` / ``(Unnamed Layer* N)``;
+``trt_tensor_origin`` maps such names back to the graph, so ``check_cache_matches`` does not
+report them as "not in the graph".
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +73,9 @@ percentile) is recorded in the cache's sidecar JSON, which is what etr-edge chec
 INTERNAL_PREFIXES = ("(Unnamed Layer", "ONNXTRT_")
 """Tensor names TensorRT invents itself; they are never in the ONNX graph."""
 
+_TRT_SUFFIX_RE = re.compile(r"(_output(_\d+)?|_\d+)$")
+"""What TensorRT appends to a layer or ONNX name for the tensors it creates (one at a time)."""
+
 _HEADER_RE = re.compile(r"^TRT-(\d+)-([A-Za-z0-9_]+)$")
 _HEX_RE = re.compile(r"^[0-9a-fA-F]{1,8}$")
 _MAX_LISTED = 5
@@ -85,12 +98,31 @@ def is_internal_tensor(name: str) -> bool:
     return name.startswith(INTERNAL_PREFIXES)
 
 
+def trt_tensor_origin(name: str, graph_names: Collection[str]) -> str | None:
+    """The graph name (tensor, initializer or node) a TensorRT cache name comes from, or None.
+
+    ``graph_names``: every tensor, initializer and node name of the ONNX graph. A name is its own
+    origin; else TensorRT's suffixes (``_output``, ``_output_<k>``, ``_<k>``) are stripped one at a
+    time until a graph name is left (``/fc/Gemm_output`` -> the Gemm node ``/fc/Gemm``, the
+    pre-bias MatMul output; ``/a/Conv_output_0_output`` -> ``/a/Conv_output_0``)."""
+    names = graph_names if isinstance(graph_names, (set, frozenset, dict)) else set(graph_names)
+    base = name
+    while True:
+        if base in names:
+            return base
+        stripped = _TRT_SUFFIX_RE.sub("", base)
+        if stripped == base or not stripped:
+            return None
+        base = stripped
+
+
 def _check_scale(name: str, scale: float, where: str) -> None:
-    if math.isnan(scale) or math.isinf(scale) or math.copysign(1.0, scale) < 0:
+    # +inf is what TensorRT itself writes for an unbounded range (kept, see the module doc)
+    if math.isnan(scale) or scale == -math.inf or math.copysign(1.0, scale) < 0:
         raise CalibrationError(
-            f"{where}: tensor '{name}' has scale {scale}; expected a finite non-negative float32 "
-            "(scale = amax/127); the cache is corrupt or not written by TensorRT: re-run edge "
-            "calibrate"
+            f"{where}: tensor '{name}' has scale {scale}; expected a non-negative float32 "
+            "(scale = amax/127; TensorRT writes +inf for an unbounded range); the cache is "
+            "corrupt or not written by TensorRT: re-run edge calibrate"
         )
 
 
@@ -105,6 +137,8 @@ class CalibrationCache:
     version: TrtVersion
     algorithm: str
     scales: dict[str, float] = field(default_factory=dict)
+    hex_text: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """The hex text each scale was read as (``parse_cache``), written back unchanged."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, TrtVersion):
@@ -131,6 +165,16 @@ class CalibrationCache:
                     "expected amax/127 of a finite activation range"
                 ) from None
         object.__setattr__(self, "scales", rounded)
+        kept = {
+            n: h
+            for n, h in self.hex_text.items()
+            if n in rounded and _HEX_RE.match(h) and _same_bits(hex_to_scale(h), rounded[n])
+        }
+        object.__setattr__(self, "hex_text", kept)
+
+    def infinite_tensors(self) -> list[str]:
+        """Tensors whose scale is +inf (TensorRT's mark of an unbounded range), in file order."""
+        return [n for n, s in self.scales.items() if math.isinf(s)]
 
     @classmethod
     def from_amaxes(
@@ -164,6 +208,10 @@ class CalibrationCache:
         return {name: s * 127.0 for name, s in self.scales.items()}
 
 
+def _same_bits(a: float, b: float) -> bool:
+    return struct.pack(">f", a) == struct.pack(">f", b)
+
+
 def scale_to_hex(scale: float) -> str:
     """Big-endian float32 bits of ``scale``, 8 lowercase hex digits."""
     return struct.pack(">f", scale).hex()
@@ -177,7 +225,9 @@ def hex_to_scale(text: str) -> float:
 def format_cache(cache: CalibrationCache) -> str:
     """The cache file's text: header, then one ``name: hex`` line per tensor, newline-terminated."""
     lines = [cache.header]
-    lines += [f"{name}: {scale_to_hex(s)}" for name, s in cache.scales.items()]
+    lines += [
+        f"{name}: {cache.hex_text.get(name) or scale_to_hex(s)}" for name, s in cache.scales.items()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -217,6 +267,7 @@ def parse_cache(text: str, *, source: str = "<text>") -> CalibrationCache:
         )
     version = TrtVersion.from_nv_tensorrt_version(int(m.group(1)))
     scales: dict[str, float] = {}
+    hex_text: dict[str, str] = {}
     for n, raw in enumerate(lines[1:], start=lineno_offset + 2):
         line = raw.rstrip()
         if not line:
@@ -239,7 +290,8 @@ def parse_cache(text: str, *, source: str = "<text>") -> CalibrationCache:
         scale = hex_to_scale(value)
         _check_scale(name, scale, f"{source}:{n}")
         scales[name] = scale
-    return CalibrationCache(version, m.group(2), scales)
+        hex_text[name] = value
+    return CalibrationCache(version, m.group(2), scales, hex_text)
 
 
 def read_cache(path: str | Path) -> CalibrationCache:
@@ -275,11 +327,14 @@ def check_cache_matches(
     target: TrtVersion | None = None,
     algorithm: str | None = None,
     source: str,
+    graph_names: Collection[str] = (),
 ) -> None:
     """Raise CalibrationError if ``cache`` does not fit the graph, TensorRT version or algorithm.
 
     Checks: every expected tensor has a scale; no cache tensor is unknown to the graph (TensorRT
-    internal names, ``INTERNAL_PREFIXES``, are ignored); the header's version equals ``target``;
+    internal names, ``INTERNAL_PREFIXES``, are ignored, and so are names TensorRT derives from
+    ``graph_names``, every tensor, initializer and node name of the graph: ``trt_tensor_origin``;
+    +inf scales are accepted: ``infinite_tensors``); the header's version equals ``target``;
     the header's algorithm equals ``algorithm`` (an etr-edge or a header name). Every problem is
     listed in one message.
     """
@@ -287,7 +342,12 @@ def check_cache_matches(
     missing = [n for n in sorted(expected_tensors) if n not in cache.scales]
     if missing:
         problems.append(f"{len(missing)} graph tensor(s) have no scale: {_listed(missing)}")
-    unknown = [n for n in cache.scales if n not in expected_tensors and not is_internal_tensor(n)]
+    known = set(graph_names) | set(expected_tensors)
+    unknown = [
+        n
+        for n in cache.scales
+        if n not in known and not is_internal_tensor(n) and trt_tensor_origin(n, known) is None
+    ]
     if unknown:
         problems.append(f"{len(unknown)} cache tensor(s) are not in the graph: {_listed(unknown)}")
     if target is not None and cache.version != target:
@@ -304,6 +364,25 @@ def check_cache_matches(
             f"{source}: the calibration cache does not match: {'; '.join(problems)}. "
             "Re-run `edge calibrate` for this model and TensorRT version."
         )
+
+
+def cache_summary(cache: CalibrationCache, graph_names: Collection[str] = ()) -> dict[str, Any]:
+    """What a cache holds, for a report: its header, tensor count, the +inf entries, TensorRT's
+    own names and the names TensorRT derived from ``graph_names`` (name -> graph name)."""
+    names = set(graph_names)
+    derived = {}
+    for n in cache.scales:
+        if n not in names and not is_internal_tensor(n):
+            origin = trt_tensor_origin(n, names)
+            if origin is not None:
+                derived[n] = origin
+    return {
+        "header": cache.header,
+        "tensors": len(cache.scales),
+        "infinite": cache.infinite_tensors(),
+        "internal": [n for n in cache.scales if is_internal_tensor(n)],
+        "derived": derived,
+    }
 
 
 def sidecar_path(cache_path: str | Path) -> Path:

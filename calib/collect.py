@@ -75,6 +75,15 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def graph_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor, initializer and node name of ``model`` (what a TensorRT cache may name)."""
+    g = model.graph
+    names = {i.name for i in g.input} | {t.name for t in g.initializer}
+    for node in g.node:
+        names.update(n for n in [node.name, *node.input, *node.output] if n)
+    return names
+
+
 def calibration_tensors(model: onnx.ModelProto) -> list[str]:
     """The float activation tensors of ``model``, in graph order (inputs first, then nodes)."""
     const = constant_tensors(model)

@@ -29,11 +29,15 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import CalibrationError, DatasetError, SourceError
+from edge.core.files import IMAGE_SUFFIXES
 from edge.core.preprocess import InputSpec, frames_to_input, resize_mask
 from edge.data.datasets import LABELS_FILE, LabelledFolder, read_video_labels, read_video_masks
 from edge.data.demo_line import HOLDOUT_OFFSET, render_frame
 from edge.runtime.sources.base import Frame, Source, redact_uri
 from edge.runtime.sources.uri import open_source
+
+_LISTED = 5
+"""File names listed per kind of conversion in ``FrameSet.info["images"]``."""
 
 MAX_READ = 100_000
 """Most frames read from a finite source to sample from (bounds the time spent decoding)."""
@@ -135,6 +139,73 @@ class _Labeller:
         return None
 
 
+class _ImageNotes:
+    """What a folder source's frames were converted from, and which files it skipped.
+
+    The runtime's folder reader decodes every image to 8-bit BGR (OpenCV ``IMREAD_COLOR``):
+    16-bit images are scaled down, alpha is dropped, grey is replicated, and every size is
+    resized to the model's input by the preprocessing. Calibrating on such frames is allowed but
+    should be a choice, so each kept frame's file is looked at once more as stored.
+    """
+
+    def __init__(self, source: Source, spec: InputSpec) -> None:
+        self.spec = spec
+        files = [Path(f) for f in getattr(source, "files", [])]
+        self.active = source.kind == "folder" and bool(files)
+        self.skipped: list[str] = []
+        if self.active:
+            used = {f.name for f in files}
+            folder = files[0].parent
+            self.skipped = sorted(
+                p.name
+                for p in folder.iterdir()
+                if p.is_file()
+                and p.name not in used
+                and not p.name.startswith(".")
+                and p.name != LABELS_FILE
+                and p.suffix.lower() not in IMAGE_SUFFIXES
+            )
+
+    def look(self, frame: Frame) -> tuple[str, tuple[int, int], tuple[str, ...]] | None:
+        """The frame's file name, stored size and the conversions it went through."""
+        path = frame.meta.get("path") if self.active else None
+        if not path:
+            return None
+        import cv2  # the runtime's decoder (already loaded by the folder source)
+
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            return None
+        channels = 1 if raw.ndim == 2 else raw.shape[2]
+        size = (int(raw.shape[0]), int(raw.shape[1]))
+        kinds = []
+        if raw.dtype.itemsize > 1:
+            kinds.append("16-bit")
+        if channels in (2, 4):
+            kinds.append("alpha")
+        if channels in (1, 2):
+            kinds.append("grey")
+        if size != (self.spec.height, self.spec.width):
+            kinds.append("resized")
+        return Path(str(path)).name, size, tuple(kinds)
+
+    def info(self, looked: list[Any]) -> dict[str, Any] | None:
+        """The summary over the kept frames' ``look`` results."""
+        if not self.active:
+            return None
+        kinds: dict[str, list[str]] = {"16-bit": [], "alpha": [], "grey": [], "resized": []}
+        for name, _size, converted in (x for x in looked if x is not None):
+            for k in converted:
+                kinds[k].append(name)
+        return {
+            "converted": {
+                k: {"count": len(v), "files": sorted(v)[:_LISTED]} for k, v in kinds.items()
+            },
+            "sizes": len({x[1] for x in looked if x is not None}),
+            "skipped": {"count": len(self.skipped), "files": self.skipped[:_LISTED]},
+        }
+
+
 def _finite(source: Source) -> bool:
     if source.is_live:
         return False
@@ -159,11 +230,12 @@ def sample_frames(
     source = _open(uri, what)
     rng = np.random.default_rng(seed)
     finite = _finite(source)
-    kept: list[tuple[np.ndarray, dict[str, Any] | None, int]] = []
+    kept: list[tuple[np.ndarray, dict[str, Any] | None, int, Any]] = []
     seen = 0
     try:
         with source:
             labeller = _Labeller(source, spec)
+            notes = _ImageNotes(source, spec)
             while seen < max_read and (finite or seen < count):
                 frame = source.read()
                 if frame is None:
@@ -176,7 +248,7 @@ def sample_frames(
                     continue
                 row = frames_to_input([frame.image], spec)[0]
                 index = frame.source_index if frame.source_index is not None else frame.id
-                item = (row, labeller.labels(frame), int(index))
+                item = (row, labeller.labels(frame), int(index), notes.look(frame))
                 if slot < len(kept):
                     kept[slot] = item
                 else:
@@ -201,6 +273,7 @@ def sample_frames(
             "seed": seed,
             "read": seen,
             "sampling": "reservoir over the whole source" if finite else "first frames",
+            **({"images": notes.info([k[3] for k in kept])} if notes.active else {}),
         },
     )
 
@@ -271,21 +344,31 @@ def calibration_and_eval_frames(
 ) -> tuple[FrameSet, FrameSet | None]:
     """Calibration frames from ``data`` and held-out evaluation frames (None if eval_frames=0).
 
-    Evaluation frames come from ``eval_data`` when given; else, for the demo line, from its
-    held-out indices; else from the same source, disjoint from the calibration frames.
+    Evaluation frames come from ``eval_data`` when given (a ``synthetic:`` one: the demo line's
+    held-out indices, ``demo_line_holdout``); else, for the demo line, from its held-out
+    indices; else from the same source, disjoint from the calibration frames.
+    ``held.info["origin"]`` says which, in words (the report prints it).
     """
     if eval_frames <= 0:
         return sample_frames(data, spec, count=frames, seed=seed), None
-    if eval_data is not None:
+    calib_uri = data
+    if eval_data is not None and not is_synthetic(eval_data):
         calib = sample_frames(data, spec, count=frames, seed=seed)
         held = sample_frames(
             eval_data, spec, count=eval_frames, seed=seed + 1, what="evaluation data"
         )
+        held.info["origin"] = f"--eval-data {held.info['uri']} ({held.info['sampling']})"
         return calib, held
-    if is_synthetic(data):
-        return sample_frames(data, spec, count=frames, seed=seed), demo_line_holdout(
-            data, spec, eval_frames
+    if eval_data is not None or is_synthetic(data):
+        # the demo line: its held-out indices, never the ones training and calibration sample
+        line_uri = eval_data if eval_data is not None else calib_uri
+        held = demo_line_holdout(line_uri, spec, eval_frames)
+        first, last = HOLDOUT_OFFSET, HOLDOUT_OFFSET + eval_frames - 1
+        held.info["origin"] = (
+            f"demo-line frames {first}..{last} of {held.info['uri']}: the held-out range "
+            "(HOLDOUT_OFFSET on), never used for training"
         )
+        return sample_frames(data, spec, count=frames, seed=seed), held
     both = sample_frames(
         data,
         spec,
@@ -293,4 +376,9 @@ def calibration_and_eval_frames(
         seed=seed,
         what="calibration + evaluation data (--frames + --eval-frames)",
     )
-    return split_frames(both, frames)
+    calib, held = split_frames(both, frames)
+    held.info["origin"] = (
+        f"{eval_frames} frames of --data {held.info['uri']} not used for calibration "
+        f"({held.info['sampling']}); not independent of it: pass --eval-data for a separate set"
+    )
+    return calib, held

@@ -215,6 +215,13 @@ class TensorStats:
         self.count += other.count
 
     # ---------------------------------------------------------------- queries
+    def counts_at(self, range_: float) -> np.ndarray:
+        """The histogram re-binned (exactly) to a power-of-two range >= ``self.range``."""
+        factor = round(range_ / self.range)
+        if range_ < self.range or factor & (factor - 1) or factor * self.range != range_:
+            raise InternalError(f"counts_at({range_}): not a power-of-two multiple of {self.range}")
+        return _rebin(self._counts, factor)
+
     def percentile(self, q: float) -> float:
         """The q-th percentile (0 < q <= 100) of |x|, from the cumulative histogram.
 

@@ -19,6 +19,10 @@ layer", NVIDIA/TensorRT#2163, onnxruntime#14229), while every TensorRT from 8.0 
 the float-weight pair and quantizes the weights itself with those scales at build time; ONNX
 Runtime runs both forms (it constant-folds the weight QuantizeLinear).
 
+Placement (``edge.calib.placement.Placement``): weighted ops where INT8 does not pay on TensorRT
+(tiny convs, batch-1 Gemms, an input concatenating very different ranges) stay float; every
+weighted op's choice and its reason is in ``QdqPlan.decisions``.
+
 Mixed precision: ``keep_float`` tensors get no Q/DQ, and a weighted op whose activation input is
 kept float is left entirely in float (its weights too); ``keep_float_nodes`` (nodes named by
 their first output) are left in float the same way, which is how a whole head stays FP32.
@@ -36,6 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge.calib.algorithms import MIN_AMAX, scale_from_amax
 from edge.calib.collect import FLOAT_TYPES, WEIGHTED_OPS, constant_tensors, tensor_types
+from edge.calib.placement import Placement, activation_rows, concat_sources
 from edge.core.errors import CalibrationError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -58,6 +63,8 @@ class QdqPlan:
     kept_float: list[str] = field(default_factory=list)
     residual_inputs: list[tuple[str, int]] = field(default_factory=list)
     """(Add node, input index) pairs that read the dequantized residual."""
+    decisions: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Weighted op (``node_key``) -> {"op", "precision": "int8" | "float", "reason"}."""
 
     def summary(self) -> dict[str, object]:
         return {
@@ -65,6 +72,7 @@ class QdqPlan:
             "weight_qdq": len(self.weights),
             "float_weighted_ops": len(self.float_nodes),
             "kept_float": list(self.kept_float),
+            "decisions": {k: dict(v) for k, v in self.decisions.items()},
         }
 
 
@@ -116,9 +124,11 @@ def plan_qdq(
     *,
     keep_float: Collection[str] = (),
     keep_float_nodes: Collection[str] = (),
+    placement: Placement | None = None,
 ) -> QdqPlan:
-    """Decide every Q/DQ pair of ``model`` (see the module docstring for the rules). ``amaxes``
-    None: placement only, every activation at amax 1 (which tensors a plan needs)."""
+    """Decide every Q/DQ pair of ``model`` (see the module docstring for the rules;
+    ``placement``: default ``Placement()``). ``amaxes`` None: placement only, every activation at
+    amax 1 (which tensors a plan needs)."""
     if any(n.op_type in QDQ_OPS for n in model.graph.node):
         raise CalibrationError(
             f"graph '{model.graph.name}' already has QuantizeLinear/DequantizeLinear nodes; "
@@ -135,6 +145,9 @@ def plan_qdq(
     pre = _preprocessing(model, types)
     producer = {o: n for n in model.graph.node for o in n.output if o}
     keep, keep_nodes = set(keep_float), set(keep_float_nodes)
+    policy = Placement() if placement is None else placement
+    joined = concat_sources(model)
+    rows = activation_rows(model)
     plan = QdqPlan()
 
     def quantizable(t: str) -> bool:
@@ -166,10 +179,24 @@ def plan_qdq(
         # only float initializer weights at input 1 get per-channel Q/DQ; anything else
         # constant (a Constant node, a constant first input) leaves the op in float
         odd = (data and data[0] in const) or any(t in const and t not in weights for t in data[1:])
-        if node_key(node) in keep_nodes or any(t in keep for t in acts) or not acts or odd:
-            plan.float_nodes.append(node_key(node))
+        key = node_key(node)
+        shape = tuple(inits[weights[0]].dims) if weights else None
+        reason = ""
+        if key in keep_nodes:
+            reason = "kept float (--keep-float-head)"
+        elif any(t in keep for t in acts):
+            reason = "kept float (--keep-float)"
+        elif not acts or odd:
+            reason = "no calibrated activation input or a non-initializer weight"
+        else:
+            reason = policy.float_reason(node, shape, rows.get(data[0]), joined, amaxes or {})
+        if reason:
+            plan.float_nodes.append(key)
             plan.kept_float.extend(t for t in acts if t in keep and t not in plan.kept_float)
+            plan.decisions[key] = {"op": node.op_type, "precision": "float", "reason": reason}
             continue
+        what = f"{shape[0 if node.op_type == 'Conv' else -1]} outputs" if shape else "activations"
+        plan.decisions[key] = {"op": node.op_type, "precision": "int8", "reason": what}
         for t in acts:
             want(t)
         for w in weights:
@@ -265,9 +292,16 @@ def quantize_model(
     *,
     keep_float: Collection[str] = (),
     keep_float_nodes: Collection[str] = (),
+    placement: Placement | None = None,
 ) -> tuple[onnx.ModelProto, QdqPlan]:
     """The Q/DQ model of ``model`` for the calibrated ``amaxes`` (tensor -> amax), and its plan."""
-    plan = plan_qdq(model, amaxes, keep_float=keep_float, keep_float_nodes=keep_float_nodes)
+    plan = plan_qdq(
+        model,
+        amaxes,
+        keep_float=keep_float,
+        keep_float_nodes=keep_float_nodes,
+        placement=placement,
+    )
     return apply_qdq(model, plan), plan
 
 
@@ -385,9 +419,21 @@ def qdq_tensors(
     *,
     keep_float: Collection[str] = (),
     keep_float_nodes: Collection[str] = (),
+    placement: Placement | None = None,
 ) -> list[str]:
     """The activation tensors ``quantize_model`` will need an amax for: what a
     calibration that only produces the Q/DQ model has to collect (a TensorRT cache wants every
-    tensor: ``collect.calibration_tensors``)."""
-    plan = plan_qdq(model, None, keep_float=keep_float, keep_float_nodes=keep_float_nodes)
-    return list(plan.activations)
+    tensor: ``collect.calibration_tensors``), and the sources of any Concat among them (the
+    placement compares their ranges)."""
+    plan = plan_qdq(
+        model,
+        None,
+        keep_float=keep_float,
+        keep_float_nodes=keep_float_nodes,
+        placement=placement,
+    )
+    out = list(plan.activations)
+    if (Placement() if placement is None else placement).max_range_ratio:
+        joined = concat_sources(model)
+        out += [s for t in plan.activations for s in joined.get(t, ()) if s not in out]
+    return out

@@ -27,6 +27,8 @@ import onnx
 
 from edge.calib.collect import BatchRunner
 from edge.calib.data import FrameSet
+from edge.calib.drift import drift_markdown, warnings_markdown
+from edge.calib.placement import placement_markdown
 from edge.core.config import TaskSpec
 from edge.core.errors import CalibrationError
 from edge.core.files import write_json
@@ -333,12 +335,21 @@ def report_markdown(report: Mapping[str, Any]) -> str:
                 f"- kept in float: tensors {cal.get('keep_float') or []}, heads "
                 f"{cal.get('keep_float_heads') or []}"
             )
+        if cal.get("exact_input_scales"):
+            exact = {
+                t: s for scales in cal["exact_input_scales"].values() for t, s in scales.items()
+            }
+            lines.append(
+                "- input quantized exactly (every uint8 value representable): "
+                + ", ".join(f"`{t}` scale {s:g}" for t, s in exact.items())
+            )
+    tail = placement_markdown(cal.get("qdq") or {})
+    lines = [*lines, "", *warnings_markdown(report)]
     if not report.get("tasks"):
-        return (
-            "\n".join([*lines, "- no evaluation (--eval-frames 0): INT8 accuracy not measured"])
-            + "\n"
-        )
-    lines += [f"- evaluation: {ev.get('frames')} held-out frames of `{ev.get('uri')}`", ""]
+        lines.append("- no evaluation (--eval-frames 0): INT8 accuracy not measured")
+        return "\n".join([*lines, *tail]) + "\n"
+    origin = ev.get("origin") or f"held-out frames of `{ev.get('uri')}`"
+    lines += [f"- evaluation: {ev.get('frames')} frames: {origin}", ""]
     lines += [
         "| task | metric | against | FP32 | INT8 (trunk+heads) | Δ | INT8 fused | Δ fused | "
         "agreement % |",
@@ -363,6 +374,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             f"| {w['part']} | `{w['tensor']}` | {_fmt(w['sqnr_db'], 1)} | {_fmt(w['amax'], 4)} "
             f"| {_fmt(w['absmax'], 4)} | {_fmt(w['clipped_percent'], 3)} |"
         )
+    lines += drift_markdown(report.get("drift"))
+    lines += tail
     sens = report.get("sensitivity")
     if sens:
         tasks = list(report["tasks"])

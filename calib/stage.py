@@ -13,6 +13,23 @@ manifest's "calibration" section lists every file with its sha256)::
     calib/report.json, calib/report.md             FP32 vs INT8 per task (calib/report.py)
 
 The manifest's own "files" (checked by ``Bundle.verify_hashes``) are not touched.
+
+Where INT8 goes (``--placement``, ``edge.calib.placement``): the Q/DQ models quantize only the
+weighted ops where INT8 pays on TensorRT (not tiny convs, not batch-1 Gemms, not an input that
+concatenates very different ranges); the caches list every tensor, and TensorRT picks precisions
+itself. report.md lists every weighted op's choice and its reason, the warnings about the
+calibration data (``edge.calib.drift``) and where the evaluation frames came from.
+
+Constant and pre-bias entries (see docs/architecture.md, "Calibration caches"): TensorRT's own
+calibrator also records tensors it creates while parsing: constant layers (an initializer
+used as a tensor, e.g. a Gemm weight), their broadcasts, and the MatMul output before a Gemm's
+bias add. The caches written here do not: in implicit INT8, TensorRT asks the cache for a tensor
+only when it considers an INT8 kernel that reads or writes it, and a tensor without a scale just
+runs that layer in FP16/FP32. A constant's range is known at build time (weights are quantized
+per channel from their own values, never from the cache), and the pre-bias product exists only
+inside the fused Gemm/FullyConnected kernel, whose output scale is the Gemm output's, which the
+cache has. So the missing entries change no kernel choice; ``cache.trt_tensor_origin`` makes
+TensorRT-written caches that do have them read and check cleanly.
 """
 
 from __future__ import annotations
@@ -23,7 +40,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +57,9 @@ from edge.calib.collect import (
     map_tensors,
 )
 from edge.calib.data import calibration_and_eval_frames
+from edge.calib.drift import compare as compare_stats
+from edge.calib.drift import warnings as data_warnings
+from edge.calib.placement import Placement, exact_input_scales
 from edge.calib.qdq import QdqPlan, check_qdq, node_key, quantize_model
 from edge.calib.report import (
     REPORT_FORMAT,
@@ -52,6 +72,8 @@ from edge.core.manifest import Bundle, Manifest, file_entries, load_bundle, writ
 from edge.core.trt_version import DEFAULT_TARGET, TrtVersion
 
 OUTPUT_DIRS = ("calib", "int8")
+PLACEMENTS = {"tensorrt": Placement(), "all": Placement.everything()}
+"""--placement -> the rules that keep weighted ops float (``edge.calib.placement``)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +99,9 @@ class CalibConfig:
     """Held-out frames for the report (default: held-out demo-line frames, or frames of --data
     not used for calibration)."""
     sensitivity: bool = False
+    placement: str = "tensorrt"
+    """Which weighted ops get Q/DQ: ``tensorrt`` (where INT8 pays on TensorRT:
+    ``edge.calib.placement``) or ``all``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
@@ -103,6 +128,10 @@ class CalibConfig:
             problems.append(f"--percentile {self.percentile} must be in (0, 100], e.g. 99.99")
         if self.eval_frames < 0:
             problems.append(f"--eval-frames {self.eval_frames} must be >= 0")
+        if self.placement not in PLACEMENTS:
+            problems.append(
+                f"--placement {self.placement!r}: expected one of {', '.join(PLACEMENTS)}"
+            )
         if self.sensitivity and self.eval_frames == 0:
             problems.append("--sensitivity needs evaluation frames (--eval-frames > 0)")
         if problems:
@@ -139,6 +168,39 @@ def _part_amaxes(stats: Mapping[str, PartStats], cfg: CalibConfig) -> dict[str, 
                 done[id(s)] = compute_amax(s, cfg.algorithm, percentile=cfg.percentile)
             out[part][name] = done[id(s)]
     return out
+
+
+EXACT_LEVELS = 127.0
+"""amax = scale * 127: the cache and the Q/DQ models store amax / 127."""
+
+
+def _exact_inputs(
+    parts: Mapping[str, onnx.ModelProto], amaxes: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Replace the calibrated amax of tensors computed from the uint8 input alone by the one
+    whose scale represents every value exactly (``placement.exact_input_scales``), in every
+    part (the fused graph's included, in the result); return part -> tensor -> scale."""
+    out: dict[str, dict[str, float]] = {}
+    for part, model in parts.items():
+        scales = exact_input_scales(model, calibration_tensors(model))
+        if scales:
+            out[part] = scales
+    # a head's input (a tap) is the trunk's tensor: the same scale
+    trunk = out.get("trunk", {})
+    for part, model in parts.items():
+        taps = {i.name: trunk[i.name] for i in model.graph.input if i.name in trunk}
+        if part not in ("trunk", "fused") and taps:
+            out[part] = {**out.get(part, {}), **taps}
+    for part, scales in out.items():
+        if part in amaxes:
+            amaxes[part].update({t: EXACT_LEVELS * s for t, s in scales.items()})
+    return out
+
+
+def _tasks_of_parts(bundle: Bundle, split: Collection[str]) -> dict[str, list[str]]:
+    """Part -> the tasks whose output depends on it (the trunk and a merged part: all)."""
+    own = {p: [t for t, o in bundle.tasks.items() if o.head == p] for p in split}
+    return {p: tasks or list(bundle.tasks) for p, tasks in own.items()}
 
 
 def _check_keep(cfg: CalibConfig, bundle: Bundle, split: Mapping[str, onnx.ModelProto]) -> None:
@@ -214,6 +276,7 @@ class _QuantizeInputs:
     """fused tensor -> (part, tensor) of the split parts."""
     kept_outputs: frozenset[str]
     """Output tensors of the heads kept in float."""
+    placement: Placement = field(default_factory=Placement)
 
 
 def _quantize_part(
@@ -228,7 +291,11 @@ def _quantize_part(
     else:
         keep_t, stop = set(keep), set()
     return quantize_model(
-        model, q.amaxes[part], keep_float=keep_t, keep_float_nodes=head_nodes(model, outputs, stop)
+        model,
+        q.amaxes[part],
+        keep_float=keep_t,
+        keep_float_nodes=head_nodes(model, outputs, stop),
+        placement=q.placement,
     )
 
 
@@ -314,6 +381,7 @@ def calibrate_bundle(
     say(f"collecting statistics of the trunk and {len(split) - 1} heads")
     stats = collect_bundle(split, calib.batches(cfg.batch), input_name=bundle.input.name)
     amaxes = _part_amaxes(stats, cfg)
+    exact = _exact_inputs(parts, amaxes)
     t2 = time.perf_counter()
     caches = {
         p: CalibrationCache.from_amaxes(cfg.target_version, cfg.algorithm, amaxes[p]) for p in stats
@@ -322,12 +390,14 @@ def calibrate_bundle(
     fused_amax = _fused_amaxes(
         parts, where, amaxes, lambda: calib.batches(cfg.batch), cfg, bundle.input.name
     )
+    fused_amax.update({t: EXACT_LEVELS * s for t, s in exact.get("fused", {}).items()})
     say("writing the Q/DQ models")
     qin = _QuantizeInputs(
         parts,
         {**amaxes, "fused": fused_amax},
         where,
         frozenset(bundle.tasks[t].output for t in cfg.keep_float_heads),
+        PLACEMENTS[cfg.placement],
     )
     q = _quantize(qin, cfg)
     for part, model in q.models.items():
@@ -351,11 +421,21 @@ def calibrate_bundle(
         "worst_tensors": [],
         "sensitivity": None,
     }
+    drift = None
+    if held is not None:
+        say(f"comparing calibration and evaluation statistics on {len(held)} frames")
+        held_stats = collect_bundle(split, held.batches(cfg.batch), input_name=bundle.input.name)
+        drift = compare_stats(stats, held_stats, _tasks_of_parts(bundle, split))
+    warns = data_warnings(drift, algorithm=cfg.algorithm, frames=len(calib), data_info=calib.info)
+    for w in warns:
+        say(f"warning: {w}")
     if held is not None:
         say(f"evaluating FP32 vs INT8 on {len(held)} held-out frames")
         report = build_report(
             _report_inputs(bundle, qin, q, cfg), held, batch=cfg.batch, sensitivity=cfg.sensitivity
         )
+    report["warnings"] = warns
+    report["drift"] = drift
     report["calibration"] = {
         **meta,
         "config": cfg.to_dict(),
@@ -365,6 +445,7 @@ def calibrate_bundle(
         "keep_float_heads": list(cfg.keep_float_heads),
         "tensors": {p: len(c.scales) for p, c in caches.items()},
         "qdq": {p: plan.summary() for p, plan in q.plans.items()},
+        "exact_input_scales": exact,
     }
     report["timing_s"] = {
         "frames": round(t1 - t0, 3),

@@ -106,6 +106,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         eval_frames=args.eval_frames,
         eval_data=args.eval_data,
         sensitivity=args.sensitivity,
+        placement=args.placement,
     )
     out = calibrate_bundle(args.bundle, cfg)
     print((Path(out) / "calib" / "report.md").read_text().rstrip())
@@ -315,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sensitivity",
         action="store_true",
         help="rank tensors by how much keeping each in float recovers",
+    )
+    k.add_argument(
+        "--placement",
+        default="tensorrt",
+        choices=["tensorrt", "all"],
+        help="Q/DQ on the weighted ops where INT8 pays on TensorRT (default), or on all",
     )
     k.set_defaults(func=_cmd_calibrate)
 

@@ -19,6 +19,9 @@ from typing import Any
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""Image files a folder source or a labelled folder reads (lower case; OpenCV decodes them)."""
+
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """The sha256 of a file, streamed (engines and bundles can be large)."""

@@ -27,11 +27,11 @@ import cv2
 import numpy as np
 
 from edge.core.errors import DatasetError
+from edge.core.files import IMAGE_SUFFIXES
 
 LABELS_FILE = "labels.jsonl"
 METADATA_KEYS = frozenset({"file", "index", "frame"})
 """Keys of a labels line that are bookkeeping, not tasks."""
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +50,7 @@ class Sample:
 
 
 def _is_mask_name(value: object) -> bool:
-    return isinstance(value, str) and value.lower().endswith(IMAGE_EXTENSIONS)
+    return isinstance(value, str) and value.lower().endswith(IMAGE_SUFFIXES)
 
 
 def _kind_of(value: object) -> str:

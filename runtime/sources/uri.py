@@ -34,6 +34,7 @@ import numpy as np
 
 from edge.core.board import probe_jetson
 from edge.core.errors import EdgeError, SourceError
+from edge.core.files import IMAGE_SUFFIXES
 from edge.data.demo_line import LineConfig
 from edge.runtime.sources.base import Source, SourceOptions, redact_uri
 from edge.runtime.sources.readers import (
@@ -43,7 +44,6 @@ from edge.runtime.sources.readers import (
     VideoFileSource,
 )
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 APPSINK_LOW_LATENCY = "appsink drop=1 max-buffers=1 sync=false"
 FFMPEG_RTSP_OPTIONS = "rtsp_transport;tcp|fflags;nobuffer|flags;low_delay"
 ACCEPTED_FORMS = (
@@ -239,7 +239,8 @@ def _folder(uri: str, path: Path, options: SourceOptions) -> ImageFolderSource:
         key=natural,
     )
     if not files:
-        raise _bad_uri(uri, f"folder {path} holds no *.png/*.jpg/*.jpeg/*.bmp images")
+        kinds = "/".join("*" + s for s in IMAGE_SUFFIXES)
+        raise _bad_uri(uri, f"folder {path} holds no {kinds} images")
     return ImageFolderSource(uri, files, options)
 
 

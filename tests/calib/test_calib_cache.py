@@ -8,6 +8,7 @@ import pytest
 from edge.calib.cache import (
     ALGORITHM_NAMES,
     CalibrationCache,
+    cache_summary,
     check_cache_matches,
     format_cache,
     parse_cache,
@@ -132,7 +133,7 @@ def test_from_amaxes_and_algorithm_names() -> None:
         ("TRT-8502-EntropyCalibration2\nx: 3c010a14ff\n", r":2: .*hex digits"),
         ("TRT-8502-EntropyCalibration2\nx: 3c\nx: 3d\n", r":3: tensor 'x' appears twice"),
         ("TRT-8502-EntropyCalibration2\nx: 7fc00000\n", r":2: .*scale nan"),
-        ("TRT-8502-EntropyCalibration2\nx: 7f800000\n", r":2: .*scale inf"),
+        ("TRT-8502-EntropyCalibration2\nx: ff800000\n", r":2: .*scale -inf"),
         ("TRT-8502-EntropyCalibration2\nx: bc010a14\n", r":2: .*non-negative"),
     ],
 )
@@ -190,3 +191,69 @@ def test_sidecar_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match="JSON"):
         write_cache_sidecar(cache_path, {"x": float("nan")})
     assert sorted(q.name for q in tmp_path.iterdir()) == ["trunk.cache.json"]
+
+
+# Written here in the shapes of TensorRT 10.x caches: a MinMax cache with +inf for a Log output,
+# unpadded hex, the parser's own names (ONNXTRT_*), names derived from ONNX tensors and nodes
+# (``<tensor>_output``, the pre-bias MatMul of a Gemm node, a duplicate's ``_1``), constants
+# (an initializer) and a broadcast of one.
+TRT10_GRAPH = {
+    "images",
+    "/m/Conv_output_0",
+    "/m/Log_output_0",
+    "/m/fc/Gemm",
+    "logits",
+    "fc.weight",
+    "fc.bias",
+}
+TRT10_MINMAX = (
+    "TRT-101300-MinMaxCalibration\n"
+    "images: 3c010204\n"
+    "/m/Conv_output_0: 3d8d4fdf\n"
+    "/m/Log_output_0: 7f800000\n"
+    "/m/Conv_output_0_output: 3d8d4fdf\n"
+    "/m/fc/Gemm_output: 3e0f5c29\n"
+    "/m/fc/Gemm_output_1: 3e0f5c29\n"
+    "fc.weight: 3b1a2b3c\n"
+    "fc.bias_output: 3a000000\n"
+    "ONNXTRT_Broadcast_12_output: 0\n"
+    "ONNXTRT_ShapeTensorFromDims_3: 0\n"
+    "logits: 3e800000\n"
+)
+
+
+def test_trt10_cache_with_inf_round_trips_byte_for_byte(tmp_path: Path) -> None:
+    c = parse_cache(TRT10_MINMAX, source="trt10.cache")
+    assert c.infinite_tensors() == ["/m/Log_output_0"]
+    assert c.amax("/m/Log_output_0") == float("inf")
+    assert format_cache(c) == TRT10_MINMAX  # unpadded "0" and +inf kept as written
+    path = write_cache(tmp_path / "again.cache", c)
+    assert path.read_bytes() == TRT10_MINMAX.encode()
+    assert read_cache(path) == c
+
+
+def test_trt10_names_are_not_reported_as_foreign() -> None:
+    c = parse_cache(TRT10_MINMAX)
+    expected = {"images", "/m/Conv_output_0", "/m/Log_output_0", "logits"}
+    check_cache_matches(
+        c, expected_tensors=expected, graph_names=TRT10_GRAPH, algorithm="minmax", source="s"
+    )
+    summary = cache_summary(c, TRT10_GRAPH)
+    assert summary["infinite"] == ["/m/Log_output_0"]
+    assert summary["derived"] == {
+        "/m/Conv_output_0_output": "/m/Conv_output_0",
+        "/m/fc/Gemm_output": "/m/fc/Gemm",
+        "/m/fc/Gemm_output_1": "/m/fc/Gemm",
+        "fc.bias_output": "fc.bias",
+    }
+    assert summary["internal"] == ["ONNXTRT_Broadcast_12_output", "ONNXTRT_ShapeTensorFromDims_3"]
+    # a name derived from nothing in the graph is still reported
+    stray = parse_cache(TRT10_MINMAX + "/other/Conv_output_0_output: 3c000000\n")
+    with pytest.raises(CalibrationError, match="not in the graph: '/other/Conv_output_0_output'"):
+        check_cache_matches(stray, expected_tensors=expected, graph_names=TRT10_GRAPH, source="s")
+
+
+def test_computed_scales_keep_eight_digits_after_a_read() -> None:
+    c = parse_cache("TRT-100300-EntropyCalibration2\na: 0\n")
+    changed = CalibrationCache(c.version, c.algorithm, {"a": 0.5}, c.hex_text)
+    assert format_cache(changed) == "TRT-100300-EntropyCalibration2\na: 3f000000\n"

@@ -11,12 +11,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge.calib.collect import BatchRunner, collect_bundle, collect_stats
 from edge.calib.data import sample_frames
+from edge.calib.placement import Placement
 from edge.calib.qdq import check_qdq, plan_qdq, qdq_problems, qdq_tensors, quantize_model
 from edge.core.errors import CalibrationError
 from edge.core.manifest import load_bundle
 from tiny_models import onnx_model
 
 WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+
+ALL = Placement.everything()
+"""These tests check the Q/DQ rules on every weighted op of tiny models (whose convs the
+default placement would keep float)."""
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +86,9 @@ def _assert_rules(model: onnx.ModelProto) -> None:
 
 @pytest.mark.parametrize("part", ["trunk", "heads/defect", "heads/mask", "fused"])
 def test_qdq_models_follow_the_tensorrt_rules(calibrated: dict, part: str) -> None:
-    model, plan = quantize_model(calibrated["parts"][part], calibrated["amaxes"][part])
+    model, plan = quantize_model(
+        calibrated["parts"][part], calibrated["amaxes"][part], placement=ALL
+    )
     onnx.checker.check_model(model)
     _assert_rules(model)
     assert qdq_problems(model) == []
@@ -90,7 +97,7 @@ def test_qdq_models_follow_the_tensorrt_rules(calibrated: dict, part: str) -> No
 
 def test_no_qdq_in_the_uint8_preprocessing_chain(calibrated: dict) -> None:
     fp32 = calibrated["parts"]["trunk"]
-    model, plan = quantize_model(fp32, calibrated["amaxes"]["trunk"])
+    model, plan = quantize_model(fp32, calibrated["amaxes"]["trunk"], placement=ALL)
     readers: dict[str, set[str]] = {}
     for n in fp32.graph.node:
         for i in n.input:
@@ -106,7 +113,7 @@ def test_no_qdq_in_the_uint8_preprocessing_chain(calibrated: dict) -> None:
 def test_qdq_models_run_on_onnxruntime_close_to_fp32(calibrated: dict) -> None:
     x = calibrated["frames"].inputs[:16]
     fp = calibrated["parts"]["fused"]
-    q, _ = quantize_model(fp, calibrated["amaxes"]["fused"])
+    q, _ = quantize_model(fp, calibrated["amaxes"]["fused"], placement=ALL)
     ref = BatchRunner(fp).run({"image": x})
     got = BatchRunner(q).run({"image": x})
     for name, r in ref.items():
@@ -117,7 +124,7 @@ def test_qdq_models_run_on_onnxruntime_close_to_fp32(calibrated: dict) -> None:
 
 def test_scales_are_amax_over_127(calibrated: dict) -> None:
     amaxes = calibrated["amaxes"]["heads/defect"]
-    plan = plan_qdq(calibrated["parts"]["heads/defect"], amaxes)
+    plan = plan_qdq(calibrated["parts"]["heads/defect"], amaxes, placement=ALL)
     for t, s in plan.activations.items():
         assert s == pytest.approx(amaxes[t] / 127.0)
 
@@ -125,7 +132,7 @@ def test_scales_are_amax_over_127(calibrated: dict) -> None:
 def test_mixed_precision_keeps_tensors_and_nodes_float(calibrated: dict) -> None:
     head = calibrated["parts"]["heads/defect"]
     amaxes = calibrated["amaxes"]["heads/defect"]
-    model, plan = quantize_model(head, amaxes, keep_float=["shared_0"])
+    model, plan = quantize_model(head, amaxes, keep_float=["shared_0"], placement=ALL)
     assert "shared_0" not in plan.activations and plan.kept_float == ["shared_0"]
     assert not any(
         n.op_type == "QuantizeLinear" and n.input[0] == "shared_0" for n in model.graph.node
@@ -134,7 +141,7 @@ def test_mixed_precision_keeps_tensors_and_nodes_float(calibrated: dict) -> None
     assert conv.input[1] in _inits(model)  # its weights stay float as well
     assert qdq_problems(model, float_nodes=plan.float_nodes) == []
     everything = [n.output[0] for n in head.graph.node]
-    model, plan = quantize_model(head, amaxes, keep_float_nodes=everything)
+    model, plan = quantize_model(head, amaxes, keep_float_nodes=everything, placement=ALL)
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
@@ -159,21 +166,23 @@ def test_collecting_only_the_qdq_tensors_gives_the_same_model(calibrated: dict) 
     """qdq_tensors lists exactly what quantize_model asks for: statistics of those alone give
     the very same Q/DQ model as statistics of every tensor (what a TensorRT cache needs)."""
     fused, frames = calibrated["parts"]["fused"], calibrated["frames"]
-    needed = qdq_tensors(fused)
+    needed = qdq_tensors(fused, placement=ALL)
     full = calibrated["amaxes"]["fused"]
     assert needed and set(needed) < set(full)
-    assert set(needed) == set(plan_qdq(fused, full).activations)
+    assert set(needed) == set(plan_qdq(fused, full, placement=ALL).activations)
     only = collect_stats(fused, ({"image": x} for x in frames.batches(16)), tensors=needed)
     assert only.tensors == needed
-    q_only, _ = quantize_model(fused, only.amaxes("entropy"))
-    q_full, _ = quantize_model(fused, full)
+    q_only, _ = quantize_model(fused, only.amaxes("entropy"), placement=ALL)
+    q_full, _ = quantize_model(fused, full, placement=ALL)
     assert q_only.SerializeToString() == q_full.SerializeToString()
-    kept = qdq_tensors(fused, keep_float=needed[:1])
+    kept = qdq_tensors(fused, keep_float=needed[:1], placement=ALL)
     assert needed[0] not in kept and set(kept) <= set(needed)
 
 
 def test_residual_add_input_is_quantized_conv_output_is_not() -> None:
-    model, plan = quantize_model(_residual_graph(), {"x": 1.0, "skip": 1.0, "c": 4.0})
+    model, plan = quantize_model(
+        _residual_graph(), {"x": 1.0, "skip": 1.0, "c": 4.0}, placement=ALL
+    )
     assert set(plan.activations) == {"x", "skip"}
     add = next(n for n in model.graph.node if n.op_type == "Add")
     prod = _producers(model)
@@ -184,7 +193,7 @@ def test_residual_add_input_is_quantized_conv_output_is_not() -> None:
 
 def test_the_check_catches_broken_models(calibrated: dict) -> None:
     model, _ = quantize_model(
-        calibrated["parts"]["heads/defect"], calibrated["amaxes"]["heads/defect"]
+        calibrated["parts"]["heads/defect"], calibrated["amaxes"]["heads/defect"], placement=ALL
     )
     broken = onnx.ModelProto()
     broken.CopyFrom(model)
@@ -206,11 +215,11 @@ def test_the_check_catches_broken_models(calibrated: dict) -> None:
 def test_bad_inputs_are_refused(calibrated: dict) -> None:
     head = calibrated["parts"]["heads/defect"]
     with pytest.raises(CalibrationError, match="no calibrated range"):
-        quantize_model(head, {})
-    q, _ = quantize_model(head, calibrated["amaxes"]["heads/defect"])
+        quantize_model(head, {}, placement=ALL)
+    q, _ = quantize_model(head, calibrated["amaxes"]["heads/defect"], placement=ALL)
     with pytest.raises(CalibrationError, match="already has"):
-        quantize_model(q, calibrated["amaxes"]["heads/defect"])
+        quantize_model(q, calibrated["amaxes"]["heads/defect"], placement=ALL)
     old = _residual_graph()
     old.opset_import[0].version = 11
     with pytest.raises(CalibrationError, match="opset"):
-        quantize_model(old, {"x": 1.0, "skip": 1.0})
+        quantize_model(old, {"x": 1.0, "skip": 1.0}, placement=ALL)
