@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
@@ -48,7 +47,13 @@ from edge.calib.report import (
     write_report,
 )
 from edge.core.errors import BundleError, CalibrationError, EdgeError
-from edge.core.files import sha256_file, write_json
+from edge.core.files import (
+    clean_stale_temporaries,
+    sha256_file,
+    swap_in,
+    temp_dir,
+    write_json,
+)
 from edge.core.manifest import MANIFEST, Bundle, load_bundle
 from edge.core.trt_version import DEFAULT_TARGET, TrtVersion
 
@@ -268,27 +273,6 @@ def _write_outputs(
         onnx.save(model, str(path))
 
 
-def _swap_in(root: Path, tmp: Path, manifest: dict[str, Any]) -> None:
-    """Move tmp/calib and tmp/int8 into the bundle (old ones aside), then write the manifest."""
-    old = tmp / ".old"
-    old.mkdir()
-    moved: list[str] = []
-    try:
-        for d in OUTPUT_DIRS:
-            if (root / d).exists():
-                os.replace(root / d, old / d)
-            moved.append(d)
-            os.replace(tmp / d, root / d)
-        write_json(root / MANIFEST, manifest)
-    except BaseException:
-        for d in moved:
-            if (root / d).exists():
-                shutil.rmtree(root / d, ignore_errors=True)
-            if (old / d).exists():
-                os.replace(old / d, root / d)
-        raise
-
-
 def calibrate_bundle(
     bundle_path: str | Path, cfg: CalibConfig, *, log: Callable[[str], None] | None = None
 ) -> Path:
@@ -372,7 +356,9 @@ def calibrate_bundle(
         "statistics": round(t2 - t1, 3),
         "total": round(time.perf_counter() - t0, 3),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=".calibrate.", suffix=".tmp", dir=root))
+    for stale in clean_stale_temporaries(root, ("calibrate", *OUTPUT_DIRS, MANIFEST)):
+        say(f"removed {stale}, left by an edge process that no longer runs")
+    tmp = temp_dir(root, "calibrate")
     try:
         _write_outputs(tmp, bundle, caches, q, meta)
         write_report(report, tmp / "calib")
@@ -393,7 +379,13 @@ def calibrate_bundle(
                 for t, e in report.get("tasks", {}).items()
             },
         }
-        _swap_in(root, tmp, manifest)
+        write_json(tmp / MANIFEST, manifest)
+        swap_in(root, tmp, (*OUTPUT_DIRS, MANIFEST))
+    except OSError as e:
+        raise CalibrationError(
+            f"{root}: cannot write the calibration outputs ({e}); free space or choose a "
+            "writable bundle location, then re-run edge calibrate"
+        ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"wrote {root / 'calib'} and {root / 'int8'}")

@@ -135,10 +135,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
-    """--threads for ONNX Runtime, --precision for TensorRT (which engines to load)."""
-    if args.backend == "tensorrt":
-        return {"precision": args.precision} if getattr(args, "precision", None) else {}
-    return {"intra_op_threads": args.threads} if args.threads else {}
+    """--precision (TensorRT: which engines; ONNX Runtime: fp32 or the int8/ Q/DQ models),
+    --threads for ONNX Runtime."""
+    opts: dict[str, object] = {}
+    if getattr(args, "precision", None):
+        opts["precision"] = args.precision
+    if args.backend != "tensorrt" and args.threads:
+        opts["intra_op_threads"] = args.threads
+    return opts
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -161,9 +165,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         overlap=not args.no_overlap,
         backend_options=_backend_options(args),
+        rotate=args.rotate,
+        keep=args.keep,
+        verify_key=Path(args.verify_key) if args.verify_key else None,
     )
-    summary = run_bundle(args.bundle, cfg)
+    try:
+        summary = run_bundle(args.bundle, cfg)
+    except EdgeError as e:
+        stopped = getattr(e, "summary", None)  # an output failed: the run's summary first
+        if stopped is not None:
+            print(stopped.to_text())
+        raise
     print(summary.to_text())
+    for warning in summary.run.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -370,11 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="JSONL results, one line per frame")
     r.add_argument("--video", help="annotated video (.mp4/.avi/.mkv) or a folder of PNGs")
     r.add_argument("--summary", help="summary JSON (default: <out>.summary.json)")
+    r.add_argument(
+        "--rotate",
+        metavar="SIZE|daily",
+        help="start a new --out file at this size (e.g. 100M) or each UTC day",
+    )
+    r.add_argument("--keep", type=int, default=5, help="rotated --out files to keep (default 5)")
+    r.add_argument("--verify-key", metavar="PUB", help="refuse a bundle not signed by this key")
     r.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     r.add_argument(
         "--precision",
         choices=["fp32", "fp16", "int8"],
-        help="TensorRT: which engines to load (default fp16)",
+        help="TensorRT: which engines to load (default fp16); ONNX Runtime: fp32 (default) "
+        "or int8 (the int8/ Q/DQ models edge calibrate writes)",
     )
     r.add_argument("--fused", action="store_true", help="run fused.onnx (all tasks every frame)")
     r.add_argument("--warmup", type=int, default=3, help="warm-up inferences before capture")
