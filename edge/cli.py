@@ -81,7 +81,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         fold_form=args.fold,
         force=args.force,
     )
-    out = convert_checkpoint(args.checkpoint, cfg)
+    out = convert_checkpoint(args.checkpoint, cfg, log=print)
     print(f"wrote bundle {out}")
     print((out / "fold_report.md").read_text().rstrip())
     return 0

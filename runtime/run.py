@@ -389,6 +389,9 @@ class _Loop:
         self.warnings: list[str] = []
         self.frame_warnings: dict[int, list[str]] = {}
         self.output_errors: list[str] = []
+        self.failed: BaseException | None = None
+        """The first error of a sink other than the JSONL; the loop stops on it."""
+        self.failed_outputs: list[Sink] = []
 
     def _sink(self, result: FrameResult) -> None:
         """Every sink for one frame; its ``sink`` time is in the JSONL line without the line's
@@ -396,12 +399,13 @@ class _Loop:
         result.finish()  # decode what the inference thread left raw (merged-heads frames)
         timings = result.timings_ns
         t0 = time.perf_counter_ns()
-        failed: BaseException | None = None
-        for s in self.outputs:
+        for s in list(self.outputs):
             try:
                 s.write(result)
-            except Exception as e:  # the frame's line is still written; then the run stops
-                failed = failed or e
+            except Exception as e:  # lines are still written; the run loop stops on it
+                self.outputs.remove(s)
+                self.failed_outputs.append(s)
+                self.failed = self.failed or e
         self.tally.add(result)
         timings["sink"] = time.perf_counter_ns() - t0
         if self.jsonl is not None:
@@ -410,8 +414,6 @@ class _Loop:
             timings["sink"] = time.perf_counter_ns() - t0
         self.stats.add(timings)
         self.stats.add_one("e2e", time.monotonic_ns() - result.t_capture_ns)  # to published
-        if failed is not None:
-            raise failed
 
     def _event(self, event: dict[str, Any]) -> None:
         event.setdefault("t_ns", time.monotonic_ns())
@@ -452,6 +454,8 @@ class _Loop:
         t_start = time.monotonic_ns()
         try:
             while True:
+                if self.failed is not None:
+                    raise self.failed
                 if self.flag.is_set() or (self.stop is not None and self.stop.is_set()):
                     stopped_by = "signal"
                     break
@@ -549,7 +553,9 @@ class _Loop:
                 )
         except BaseException as e:
             late = late or e
-        for s in self.outputs:  # finish the video before the summary: its failure is reported
+        if late is None and self.failed is not None:
+            late = self.failed  # a sink failed after the last frame was taken
+        for s in self.outputs + self.failed_outputs:  # finish the video before the summary
             try:
                 s.close()
             except BaseException as e:
