@@ -59,8 +59,8 @@ class Condition:
 
     def holds(self, results: Mapping[str, TaskResult | None]) -> bool:
         r = results.get(self.task)
-        if r is None:
-            return False
+        if r is None or r.error is not None:
+            return False  # not run, or no result (non-finite output): the condition is unknown
         got = r.get(self.path)
         op, want = self.op, self.value
         if op in ("in", "not in"):

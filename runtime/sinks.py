@@ -371,7 +371,9 @@ class TaskTally:
             d = self.data[t]
             d["runs"] += 1
             d.setdefault("kind", r.type)
-            if r.type == "softmax_argmax":
+            if r.error is not None:
+                d["errors"] = d.get("errors", 0) + 1
+            elif r.type == "softmax_argmax":
                 labels = d.setdefault("labels", {})
                 labels[r.data["label"]] = labels.get(r.data["label"], 0) + 1
             elif r.type == "sigmoid_threshold":
@@ -394,7 +396,7 @@ class TaskTally:
         out = {}
         for t, d in self.data.items():
             d = dict(d)
-            n = d["runs"]
+            n = d["runs"] - d.get("errors", 0)
             for name, (lo, hi, total) in d.pop("_acc", {}).items():
                 stats = {"mean": round(total / n, 4), "min": round(lo, 4), "max": round(hi, 4)}
                 if name:
