@@ -109,8 +109,28 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from edge.core.signing import generate_keys
+
+    private, public = generate_keys(args.out)
+    print(f"wrote {private} (private: keep it secret) and {public} (give to the devices)")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from edge.core.signing import sign_bundle
+
+    print(f"wrote {sign_bundle(args.bundle, args.key)}")
+    return 0
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from edge.convert.engine.build import BuildConfig, build_engines
+
+    if args.verify_key:
+        from edge.core.signing import verify_bundle
+
+        verify_bundle(args.bundle, args.verify_key)  # before anything is built from it
 
     cfg = BuildConfig(
         precision=args.precision,
@@ -357,9 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--opt-level", type=int, help="builder optimization level 0..5")
     b.add_argument("--strongly-typed", action="store_true")
     b.add_argument("--force", action="store_true", help="rebuild engines that are current")
+    b.add_argument("--verify-key", metavar="PUB", help="refuse a bundle not signed by this key")
     b.add_argument("--verbose", action="store_true")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_cmd_build)
+
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair for signing bundles")
+    kg.add_argument("--out", required=True, help="private key file; the public one gets .pub")
+    kg.set_defaults(func=_cmd_keygen)
+
+    sg = sub.add_parser("sign", help="sign every file of a bundle (needs etr-edge[sign])")
+    sg.add_argument("bundle")
+    sg.add_argument("--key", required=True, help="private key from edge keygen")
+    sg.set_defaults(func=_cmd_sign)
 
     r = sub.add_parser("run", help="run a bundle on a camera / video / folder / synthetic source")
     r.add_argument("bundle")

@@ -121,6 +121,10 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         m = json.loads(mpath.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise BundleError(f"{mpath}: unreadable or not JSON ({e}); re-run edge convert") from e
+    if not isinstance(m, dict):
+        raise BundleError(
+            f"{mpath}: expected a JSON object, got {type(m).__name__}; re-run edge convert"
+        )
     if m.get("format") != FORMAT:
         raise BundleError(f"{mpath}: not an etr-edge bundle manifest (format {m.get('format')!r})")
     if m.get("format_version") != FORMAT_VERSION:
@@ -144,6 +148,24 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             f"{mpath}: manifest is incomplete ({type(e).__name__}: {e}); re-run edge convert"
         ) from e
     bundle = Bundle(root=root, manifest=m, config=config, input=spec, taps=taps, tasks=tasks)
+    _check_file_list(bundle, mpath)
     if verify:
         bundle.verify_hashes()
     return bundle
+
+
+def _check_file_list(bundle: Bundle, mpath: Path) -> None:
+    """The manifest must list (with a sha256) every graph the bundle runs."""
+    files = bundle.manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(
+            f'{mpath}: has no "files" list (the sha256 of each file), so the bundle cannot be '
+            "checked; it was edited or is damaged: re-run edge convert"
+        )
+    for part in bundle.parts:
+        info = files.get(part_file(part))
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise BundleError(
+                f"{mpath}: \"files\" does not list '{part_file(part)}' with its sha256; the "
+                "manifest was edited or is damaged: re-run edge convert"
+            )
