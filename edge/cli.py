@@ -7,6 +7,7 @@ user errors (``EdgeError``) are printed as one message and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,10 @@ from pathlib import Path
 
 from edge import __version__
 from edge.core.errors import EdgeError
+from edge.core.files import NO_SPACE_ERRNOS
+
+_DISK_ERRNOS = NO_SPACE_ERRNOS | {errno.EROFS}
+"""A full or read-only disk is the user's to fix: one line, exit 2, wherever it surfaces."""
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -492,6 +497,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except EdgeError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        where = f" writing '{e.filename}'" if e.filename else ""
+        print(
+            f"error: {args.command}: {e.strerror}{where}; free space or write elsewhere",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
