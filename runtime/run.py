@@ -392,6 +392,8 @@ class _Loop:
         self.failed: BaseException | None = None
         """The first error of a sink other than the JSONL; the loop stops on it."""
         self.failed_outputs: list[Sink] = []
+        self.damaged: list[int] = []
+        """Ids of frames whose source data was damaged (their lines carry "warnings")."""
 
     def _sink(self, result: FrameResult) -> None:
         """Every sink for one frame; its ``sink`` time is in the JSONL line without the line's
@@ -484,8 +486,9 @@ class _Loop:
                         {"event": "drop", "frame_ids": list(range(self.last_id + 1, frame.id))}
                     )
                 self.last_id = frame.id
-                if frame.meta.get("warning"):
+                if frame.meta.get("warning"):  # e.g. a truncated image: said in its line
                     self.frame_warnings[frame.id] = [str(frame.meta["warning"])]
+                    self.damaged.append(frame.id)
                 queued = frame.t_queued_ns or frame.t_capture_ns
                 wait = time.monotonic_ns() - queued - pre_ns
                 timings = {"capture": queued - frame.t_capture_ns, "queue_wait": max(0, wait)}
@@ -597,6 +600,14 @@ class _Loop:
         if error is not None:
             run["error"] = f"{type(error).__name__}: {error}"
         warnings = self.warnings + self.output_errors
+        if self.damaged:
+            shown = ", ".join(map(str, self.damaged[:10])) + (
+                "..." if len(self.damaged) > 10 else ""
+            )
+            warnings.append(
+                f"{len(self.damaged)} frame(s) came from damaged images (frames {shown}); "
+                "their JSONL lines carry the reason in 'warnings'"
+            )
         if warnings:
             run["warnings"] = warnings
         return RunSummary(
