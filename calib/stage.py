@@ -37,7 +37,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
@@ -68,7 +67,8 @@ from edge.calib.report import (
     write_report,
 )
 from edge.core.errors import BundleError, CalibrationError, EdgeError
-from edge.core.manifest import Bundle, Manifest, file_entries, load_bundle, write_manifest
+from edge.core.files import clean_stale_temporaries, swap_in, temp_dir
+from edge.core.manifest import MANIFEST, Bundle, file_entries, load_bundle, write_manifest
 from edge.core.trt_version import DEFAULT_TARGET, TrtVersion
 
 OUTPUT_DIRS = ("calib", "int8")
@@ -334,27 +334,6 @@ def _write_outputs(
         onnx.save(model, str(path))
 
 
-def _swap_in(root: Path, tmp: Path, manifest: Manifest) -> None:
-    """Move tmp/calib and tmp/int8 into the bundle (old ones aside), then write the manifest."""
-    old = tmp / ".old"
-    old.mkdir()
-    moved: list[str] = []
-    try:
-        for d in OUTPUT_DIRS:
-            if (root / d).exists():
-                os.replace(root / d, old / d)
-            moved.append(d)
-            os.replace(tmp / d, root / d)
-        write_manifest(root, manifest)
-    except BaseException:
-        for d in moved:
-            if (root / d).exists():
-                shutil.rmtree(root / d, ignore_errors=True)
-            if (old / d).exists():
-                os.replace(old / d, root / d)
-        raise
-
-
 def calibrate_bundle(
     bundle_path: str | Path, cfg: CalibConfig, *, log: Callable[[str], None] | None = None
 ) -> Path:
@@ -452,7 +431,9 @@ def calibrate_bundle(
         "statistics": round(t2 - t1, 3),
         "total": round(time.perf_counter() - t0, 3),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=".calibrate.", suffix=".tmp", dir=root))
+    for stale in clean_stale_temporaries(root, ("calibrate", *OUTPUT_DIRS, MANIFEST)):
+        say(f"removed {stale}, left by an edge process that no longer runs")
+    tmp = temp_dir(root, "calibrate")
     try:
         _write_outputs(tmp, bundle, caches, q, meta)
         write_report(report, tmp / "calib")
@@ -469,7 +450,13 @@ def calibrate_bundle(
                 },
             }
         )
-        _swap_in(root, tmp, manifest)
+        write_manifest(tmp, manifest)
+        swap_in(root, tmp, (*OUTPUT_DIRS, MANIFEST))
+    except OSError as e:
+        raise CalibrationError(
+            f"{root}: cannot write the calibration outputs ({e}); free space or choose a "
+            "writable bundle location, then re-run edge calibrate"
+        ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"wrote {root / 'calib'} and {root / 'int8'}")

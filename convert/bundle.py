@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +23,16 @@ from edge.convert.fold import fold_model
 from edge.convert.simplify import simplify_and_check
 from edge.convert.verify import check_parts, demo_frames, enforce_tolerance
 from edge.core.config import ModelConfig, TaskSpec
-from edge.core.errors import ExportError
-from edge.core.files import staged_dir
+from edge.core.errors import BundleError, ExportError
+from edge.core.files import clean_stale_temporaries, staged_dir
 from edge.core.manifest import (
+    MANIFEST,
     Manifest,
     PartEntry,
     Tap,
     TaskEntry,
     file_entries,
+    read_manifest,
     write_manifest,
 )
 from edge.core.preprocess import InputSpec
@@ -101,17 +105,42 @@ def _check_out(out: Path, force: bool) -> None:
         raise ExportError(f"{out} already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a folder; choose another --out")
-    parent = out.resolve().parent
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise ExportError(
+            f"{out} is a folder but not a bundle (no {MANIFEST}); --force replaces only a bundle "
+            "(or an empty folder): "
+            "choose another --out (or move that folder away yourself)"
+        )
+    resolved = out.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise ExportError(
+            f"--out {out} is the current folder (or holds it) and cannot be replaced; "
+            "give a bundle folder inside it, e.g. --out bundle"
+        )
+    if out.exists() and os.path.ismount(resolved):
+        raise ExportError(f"--out {out} is a mount point and cannot be replaced; use a subfolder")
+    parent = resolved.parent
     if not parent.is_dir():
         raise ExportError(f"{parent}: the folder for --out does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise ExportError(f"{parent}: not writable; choose another --out")
 
 
-def convert_checkpoint(checkpoint: str | Path, cfg: ConvertConfig) -> Path:
-    """Convert ``checkpoint`` into a bundle folder at ``cfg.out``; return its path."""
+def convert_checkpoint(
+    checkpoint: str | Path, cfg: ConvertConfig, *, log: Callable[[str], None] | None = None
+) -> Path:
+    """Convert ``checkpoint`` into a bundle folder at ``cfg.out``; return its path.
+
+    With ``force`` an existing *bundle* is replaced: the files convert writes are new, every
+    other entry of the old folder (engines/, the user's own files) is carried over; calib/ and
+    int8/ are kept when the graphs are unchanged and dropped otherwise. ``log`` hears what was
+    kept, dropped and cleaned up.
+    """
+    say = log or (lambda _msg: None)
     out = Path(cfg.out)
     _check_out(out, cfg.force)
+    for stale in clean_stale_temporaries(out.resolve().parent, (out.resolve().name,)):
+        say(f"removed {stale}, left by an edge process that no longer runs")
     ckpt = load_checkpoint(checkpoint)
     config: ModelConfig = ckpt.config
     if cfg.input_size is not None and tuple(cfg.input_size) != tuple(config.input_size):
@@ -196,7 +225,7 @@ def convert_checkpoint(checkpoint: str | Path, cfg: ConvertConfig) -> Path:
         },
         versions=_versions(),
     )
-    _write_bundle(out, protos, manifest, report.to_markdown(), cfg.force)
+    _write_bundle(out, protos, manifest, report.to_markdown(), cfg.force, say)
     return out
 
 
@@ -206,6 +235,7 @@ def _write_bundle(
     manifest: Manifest,
     report_md: str,
     force: bool,
+    say: Callable[[str], None],
 ) -> None:
     try:
         with staged_dir(out, replace=force) as tmp:
@@ -214,6 +244,56 @@ def _write_bundle(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 onnx.save(proto, str(path))
             (tmp / "fold_report.md").write_text(report_md + "\n")
-            write_manifest(tmp, manifest.with_files(file_entries(tmp)))
+            manifest = manifest.with_files(file_entries(tmp))
+            if force and out.is_dir():
+                manifest = _carry_over(out, tmp, manifest, say)
+            write_manifest(tmp, manifest)
     except FileExistsError as e:
         raise ExportError(f"{out} appeared during conversion; pass --force to replace it") from e
+    except OSError as e:
+        raise ExportError(
+            f"cannot write the bundle {out}: {e}; free space or choose a writable --out. "
+            "Nothing was replaced"
+        ) from e
+
+
+DERIVED = ("calib", "int8")
+"""Folders derived from the graphs by edge calibrate: valid only while the graphs are unchanged."""
+
+
+def _carry_over(old: Path, new: Path, manifest: Manifest, say: Callable[[str], None]) -> Manifest:
+    """Copy (hard-link where possible) the old bundle's other entries into the new one; the new
+    manifest keeps the old calibration section when the graphs are unchanged."""
+    try:
+        old_m: Manifest | None = read_manifest(old)
+    except BundleError:
+        old_m = None
+    old_files = old_m.files if old_m is not None else {}
+    same = all(
+        rel in old_files and old_files[rel].sha256 == info.sha256
+        for rel, info in manifest.files.items()
+        if rel.endswith(".onnx")
+    )
+    written = {rel.split("/", 1)[0] for rel in manifest.files} | {MANIFEST}
+    for entry in sorted(old.iterdir()):
+        if entry.name in written:
+            continue
+        if entry.name in DERIVED and not same:
+            say(f"dropped {entry.name}/: made from the replaced graphs; re-run edge calibrate")
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(new / entry.name))
+        say(f"kept {entry.name}{'/' if entry.is_dir() else ''} from the replaced bundle")
+    if same and old_m is not None and old_m.calibration is not None:
+        return manifest.with_calibration(old_m.calibration)
+    return manifest
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+    return dst

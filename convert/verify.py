@@ -2,11 +2,13 @@
 
 The reference is the *unfolded* training-form model (eval mode), so folding, export and
 simplification are verified together. The error bound is relative to each output's range:
-max|ort - torch| <= tolerance * (max(torch) - min(torch)).
+max|ort - torch| <= tolerance * (max(torch) - min(torch)). Any non-finite output (NaN or
+Infinity, from either side) fails verification: such a model must not become a bundle.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,10 @@ class OutputCheck:
     output: str
     max_abs_error: float
     range: float
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.max_abs_error) and math.isfinite(self.range)
 
     @property
     def relative(self) -> float:
@@ -82,6 +88,15 @@ def check_parts(
 
 
 def enforce_tolerance(checks: list[OutputCheck], tolerance: float) -> None:
+    nonfinite = [f"{c.part}/{c.output}" for c in checks if not c.finite]
+    if nonfinite:
+        more = f" and {len(nonfinite) - 5} more" if len(nonfinite) > 5 else ""
+        shown = ", ".join(nonfinite[:5]) + more
+        raise ExportError(
+            f"{len(nonfinite)} output(s) are not finite (NaN or Infinity) on the verification "
+            f"frames: {shown}. No bundle was written. The checkpoint's weights hold NaN/Inf "
+            "(a diverged training run?): re-train or use an earlier checkpoint"
+        )
     bad = [c for c in checks if c.relative > tolerance]
     if bad:
         worst = max(bad, key=lambda c: c.relative)

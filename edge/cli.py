@@ -9,6 +9,7 @@ its stage when it runs: ``edge run`` on a board must not import torch (convert a
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,11 @@ from pathlib import Path
 
 from edge import __version__
 from edge.core.errors import EdgeError
+from edge.core.files import NO_SPACE_ERRNOS
 from edge.core.trt_version import PRECISIONS
+
+_DISK_ERRNOS = NO_SPACE_ERRNOS | {errno.EROFS}
+"""A full or read-only disk is the user's to fix: one line, exit 2, wherever it surfaces."""
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -84,7 +89,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         fold_form=args.fold,
         force=args.force,
     )
-    out = convert_checkpoint(args.checkpoint, cfg)
+    out = convert_checkpoint(args.checkpoint, cfg, log=print)
     print(f"wrote bundle {out}")
     print((out / "fold_report.md").read_text().rstrip())
     return 0
@@ -113,9 +118,29 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from edge.core.signing import generate_keys
+
+    private, public = generate_keys(args.out)
+    print(f"wrote {private} (private: keep it secret) and {public} (give to the devices)")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from edge.core.signing import sign_bundle
+
+    print(f"wrote {sign_bundle(args.bundle, args.key)}")
+    return 0
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from edge.convert.engine.build import build_engines
     from edge.convert.engine.config import BuildConfig
+
+    if args.verify_key:
+        from edge.core.signing import verify_bundle
+
+        verify_bundle(args.bundle, args.verify_key)  # before anything is built from it
 
     cfg = BuildConfig(
         precision=args.precision,
@@ -140,10 +165,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
-    """--threads for ONNX Runtime, --precision for TensorRT (which engines to load)."""
-    if args.backend == "tensorrt":
-        return {"precision": args.precision} if getattr(args, "precision", None) else {}
-    return {"intra_op_threads": args.threads} if args.threads else {}
+    """--precision (TensorRT: which engines; ONNX Runtime: fp32 or the int8/ Q/DQ models),
+    --threads for ONNX Runtime."""
+    opts: dict[str, object] = {}
+    if getattr(args, "precision", None):
+        opts["precision"] = args.precision
+    if args.backend != "tensorrt" and args.threads:
+        opts["intra_op_threads"] = args.threads
+    return opts
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -166,9 +195,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         overlap=not args.no_overlap,
         backend_options=_backend_options(args),
+        rotate=args.rotate,
+        keep=args.keep,
+        verify_key=Path(args.verify_key) if args.verify_key else None,
     )
-    summary = run_bundle(args.bundle, cfg)
+    try:
+        summary = run_bundle(args.bundle, cfg)
+    except EdgeError as e:
+        stopped = getattr(e, "summary", None)  # an output failed: the run's summary first
+        if stopped is not None:
+            print(stopped.to_text())
+        raise
     print(summary.to_text())
+    for warning in summary.run.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -353,9 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--opt-level", type=int, help="builder optimization level 0..5")
     b.add_argument("--strongly-typed", action="store_true")
     b.add_argument("--force", action="store_true", help="rebuild engines that are current")
+    b.add_argument("--verify-key", metavar="PUB", help="refuse a bundle not signed by this key")
     b.add_argument("--verbose", action="store_true")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_cmd_build)
+
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair for signing bundles")
+    kg.add_argument("--out", required=True, help="private key file; the public one gets .pub")
+    kg.set_defaults(func=_cmd_keygen)
+
+    sg = sub.add_parser("sign", help="sign every file of a bundle (needs etr-edge[sign])")
+    sg.add_argument("bundle")
+    sg.add_argument("--key", required=True, help="private key from edge keygen")
+    sg.set_defaults(func=_cmd_sign)
 
     r = sub.add_parser("run", help="run a bundle on a camera / video / folder / synthetic source")
     r.add_argument("bundle")
@@ -381,11 +431,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="JSONL results, one line per frame")
     r.add_argument("--video", help="annotated video (.mp4/.avi/.mkv) or a folder of PNGs")
     r.add_argument("--summary", help="summary JSON (default: <out>.summary.json)")
+    r.add_argument(
+        "--rotate",
+        metavar="SIZE|daily",
+        help="start a new --out file at this size (e.g. 100M) or each UTC day",
+    )
+    r.add_argument("--keep", type=int, default=5, help="rotated --out files to keep (default 5)")
+    r.add_argument("--verify-key", metavar="PUB", help="refuse a bundle not signed by this key")
     r.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     r.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="TensorRT: which engines to load (default fp16)",
+        help="TensorRT: which engines to load (default fp16); ONNX Runtime: fp32 (default) "
+        "or int8 (the int8/ Q/DQ models edge calibrate writes)",
     )
     r.add_argument("--fused", action="store_true", help="run fused.onnx (all tasks every frame)")
     r.add_argument("--warmup", type=int, default=3, help="warm-up inferences before capture")
@@ -450,6 +508,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except EdgeError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        where = f" writing '{e.filename}'" if e.filename else ""
+        print(
+            f"error: {args.command}: {e.strerror}{where}; free space or write elsewhere",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,10 +14,14 @@ argmax_mask            ``fraction`` (share of pixels not background), ``fraction
 
 Every result has a *primary* field that schedule conditions compare by default (``defect != ok``
 compares the label): label, on, value (or values) and fraction respectively.
+
+A raw output holding NaN or Infinity is not decoded: its result's data is ``{"error":
+"non-finite output ..."}`` (no label, no value), so a broken model never reports "ok".
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +31,7 @@ import numpy as np
 from edge.core.errors import BundleError
 from edge.core.manifest import Manifest
 
+NON_FINITE = "non-finite output (NaN or Infinity): the model or its input is broken"
 DECODE_TYPES = ("softmax_argmax", "sigmoid_threshold", "affine", "argmax_mask")
 PRIMARY_FIELD = {
     "softmax_argmax": "label",
@@ -54,6 +59,12 @@ class TaskResult:
     def to_json(self) -> dict[str, Any]:
         return self.data
 
+    @property
+    def error(self) -> str | None:
+        """Why this task has no result for the frame (non-finite output), else None."""
+        e = self.data.get("error")
+        return str(e) if e is not None else None
+
     def get(self, path: str = "") -> Any:
         """A field by dotted path (``"probs.scratch"``); "" gives the primary field."""
         value: Any = self.data
@@ -66,6 +77,8 @@ class TaskResult:
     def brief(self) -> str:
         """A short human-readable form for overlays and summaries."""
         d = self.data
+        if "error" in d:
+            return "error"
         if self.type == "softmax_argmax":
             return f"{d['label']} {d['prob']:.2f}"
         if self.type == "sigmoid_threshold":
@@ -116,6 +129,8 @@ class Decoder:
                 f"{self.type} with {n} labels (expected {want} per frame); the bundle's "
                 "manifest and its graphs disagree: re-run edge convert"
             )
+        if raw.dtype.kind == "f" and not math.isfinite(float(raw.sum(dtype=np.float64))):
+            return TaskResult(self.task, self.type, {"error": NON_FINITE})
         return getattr(self, f"_{self.type}")(raw)
 
     def decode_batch(self, raw: np.ndarray) -> list[TaskResult]:

@@ -7,19 +7,28 @@ and a sink thread writes frame k-1 while the calling thread runs frame k's trunk
 decoding (ONNX Runtime and OpenCV release the GIL, so these really overlap). Without it, the
 calling thread does everything after capture.
 
-SIGINT/SIGTERM set a stop flag (when called from the main thread; a second Ctrl-C stops at once):
-the current frame finishes, every processed frame's line is written, so the JSONL ends with
-complete lines, the summary is written, and the previous handlers are restored. Frames taken
-from the capture queue but not processed are reported (``unprocessed`` event and summary).
+SIGINT/SIGTERM/SIGHUP set a stop flag (when called from the main thread; a second Ctrl-C stops
+at once): the current frame finishes, every processed frame's line is written, so the JSONL ends
+with complete lines, the video is finished, the summary is written, and the previous handlers are
+restored. SIGHUP (the terminal or SSH session closed) stops like SIGTERM; it does not reload.
+Frames taken from the capture queue but not processed are reported (``unprocessed`` event).
+
+Outputs (:mod:`edge.runtime.outputs`): checked before anything is opened (no two of source /
+out / video / summary the same file), locked against a second run, opened only once the source
+is open, and appended to: each run starts with a header line ``{"event": "run", "run_id",
+"bundle_sha256", "backend", "precision", "started", ...}``. A write that fails (disk full,
+read-only) stops the run with that reason in the summary and raises ``OutputError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +37,23 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from edge import __version__
 from edge.core.errors import ConfigError
-from edge.core.files import write_json
-from edge.core.manifest import load_bundle
+from edge.core.files import clean_stale_temporaries, sha256_file, write_json
+from edge.core.manifest import MANIFEST, load_bundle
 from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread, parse_policy
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.latency import StageStats
+from edge.runtime.outputs import (
+    OutputError,
+    OutputLock,
+    check_output_paths,
+    now_iso,
+    parse_rotate,
+    reason_of,
+    strict_json,
+)
 from edge.runtime.pipeline import FrameResult, Pipeline
 from edge.runtime.schedule import build_schedule, read_schedule_file
 from edge.runtime.sinks import (
@@ -45,7 +64,7 @@ from edge.runtime.sinks import (
     SinkWorker,
     TaskTally,
 )
-from edge.runtime.sources.base import Frame, Source, SourceOptions
+from edge.runtime.sources.base import Frame, Source, SourceOptions, redact_uri
 from edge.runtime.sources.uri import open_source
 
 GAP_POLL_S = 1.0
@@ -80,6 +99,11 @@ class RunConfig:
     frame may wait). False: everything after capture in the calling thread."""
     source_options: SourceOptions = field(default_factory=SourceOptions)
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    rotate: str | None = None
+    """Rotate ``out`` at a size ("100M", "2G") or "daily"; ``keep`` rotated files stay."""
+    keep: int = 5
+    verify_key: Path | None = None
+    """A public key (``edge keygen``): refuse a bundle whose signature it does not verify."""
 
     def __post_init__(self) -> None:
         if self.frames is not None and self.frames < 1:
@@ -90,6 +114,11 @@ class RunConfig:
             raise ConfigError(f"--warmup {self.warmup}: must be >= 0")
         if self.policy is not None:
             parse_policy(self.policy)
+        if self.rotate is not None and self.out is None:
+            raise ConfigError("--rotate applies to --out: give --out too")
+        parse_rotate(self.rotate)
+        if self.keep < 1:
+            raise ConfigError(f"--keep {self.keep}: must be >= 1")
         for name in ("tasks", "every", "when"):
             v = getattr(self, name)
             if v is not None:
@@ -106,9 +135,12 @@ class RunConfig:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM -> a flag, while installed (main thread only); restores the old handlers."""
+    """SIGINT/SIGTERM/SIGHUP -> a flag, while installed (main thread only); restores the old
+    handlers."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = tuple(
+        getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)
+    )
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -147,6 +179,11 @@ def run_bundle(
     unopened :class:`Source` to use instead of opening ``cfg.source`` (a custom camera class).
     ``stop``: an event another thread may set to end the run like a signal does.
     """
+    check_output_paths(cfg.source, cfg.out, cfg.video, cfg.summary_path)
+    if cfg.verify_key is not None:
+        from edge.core.signing import verify_bundle
+
+        verify_bundle(bundle_path, cfg.verify_key)
     bundle = load_bundle(bundle_path)
     decoders = decoders_from_manifest(bundle.manifest)
     rules = read_schedule_file(cfg.schedule) if cfg.schedule is not None else None
@@ -164,25 +201,87 @@ def run_bundle(
         backend_options=cfg.backend_options,
     ) as pipeline:
         pipeline.warmup(cfg.warmup)
+        header = _header(cfg, bundle.root)
+        locked = cfg.out if cfg.out is not None else cfg.video
+        lock = OutputLock(locked) if locked is not None else None
         outputs: list[Sink] = []
-        jsonl = JsonlSink(cfg.out) if cfg.out is not None else None
+        jsonl: JsonlSink | None = None
         try:
+            warnings = [
+                f"removed {p}, left by an edge process that no longer runs"
+                for p in (_clean_stale(cfg))
+            ]
+            if not source.is_open:
+                source.open()  # nothing is opened for writing before the source is open
+            if cfg.out is not None:
+                jsonl = JsonlSink(
+                    cfg.out, header=header, rotate=parse_rotate(cfg.rotate), keep=cfg.keep
+                )
             if cfg.video is not None:
                 outputs.append(AnnotatedSink(cfg.video, source.nominal_fps or 30.0))
             outputs.extend(sinks)
             capture = CaptureThread(source, policy)
             loop = _Loop(cfg, pipeline, capture, jsonl, outputs, stop)
+            loop.header, loop.warnings = header, warnings
             # overlap: one core resizes the next frame while ONNX Runtime infers on the other
             threads = opencv_threads(1) if cfg.overlap else contextlib.nullcontext()
             with _StopFlag() as flag, threads:
                 loop.flag = flag.event
                 summary = loop.run()
         finally:
+            with contextlib.suppress(Exception):
+                source.close()  # when the run never started; the capture thread closes it
             for s in outputs:
-                s.close()
+                with contextlib.suppress(Exception):
+                    s.close()  # after an error only; the loop closes them (and reports)
             if jsonl is not None:
                 jsonl.close()
+            if lock is not None:
+                lock.release()
     return summary
+
+
+def _precision(cfg: RunConfig) -> str:
+    given = cfg.backend_options.get("precision")
+    return str(given) if given else ("fp16" if cfg.backend in ("tensorrt", "trt") else "fp32")
+
+
+def _header(cfg: RunConfig, root: Path) -> dict[str, Any]:
+    """The line each run (and each rotated file) starts with."""
+    return {
+        "event": "run",
+        "run_id": uuid.uuid4().hex,
+        "started": now_iso(),
+        "bundle": str(root),
+        "bundle_sha256": sha256_file(root / MANIFEST),
+        "backend": cfg.backend,
+        "precision": _precision(cfg),
+        "mode": "split" if cfg.split else "fused",
+        "source": redact_uri(cfg.source),
+        "etr_edge": __version__,
+        "pid": os.getpid(),
+    }
+
+
+def _clean_stale(cfg: RunConfig) -> list[Path]:
+    """Temporaries a killed run left beside this run's outputs."""
+    removed: list[Path] = []
+    for p in (cfg.out, cfg.video, cfg.summary_path):
+        if p is not None:
+            removed += clean_stale_temporaries(Path(p).parent, (Path(p).name,))
+    if cfg.video is not None and Path(cfg.video).is_dir():
+        removed += clean_stale_temporaries(cfg.video)  # PNG frames' temporaries
+    return removed
+
+
+def _reason(e: BaseException) -> str:
+    """The summary's ``stopped_by`` for a run ended by ``e``."""
+    if isinstance(e, OutputError):
+        return e.reason
+    if isinstance(e, OSError) and e.errno is not None:  # e.g. a custom sink's write
+        reason = reason_of(e)
+        return reason if reason != "write failed" else "error"
+    return "error"
 
 
 _END = object()
@@ -288,6 +387,15 @@ class _Loop:
         self.worker: SinkWorker | None = None
         self.t_done = 0
         self._last_poll = time.monotonic()
+        self.header: dict[str, Any] = {}
+        self.warnings: list[str] = []
+        self.frame_warnings: dict[int, list[str]] = {}
+        self.output_errors: list[str] = []
+        self.failed: BaseException | None = None
+        """The first error of a sink other than the JSONL; the loop stops on it."""
+        self.failed_outputs: list[Sink] = []
+        self.damaged: list[int] = []
+        """Ids of frames whose source data was damaged (their lines carry "warnings")."""
 
     def _sink(self, result: FrameResult) -> None:
         """Every sink for one frame; its ``sink`` time is in the JSONL line without the line's
@@ -295,12 +403,18 @@ class _Loop:
         result.finish()  # decode what the inference thread left raw (merged-heads frames)
         timings = result.timings_ns
         t0 = time.perf_counter_ns()
-        for s in self.outputs:
-            s.write(result)
+        for s in list(self.outputs):
+            try:
+                s.write(result)
+            except Exception as e:  # lines are still written; the run loop stops on it
+                self.outputs.remove(s)
+                self.failed_outputs.append(s)
+                self.failed = self.failed or e
         self.tally.add(result)
         timings["sink"] = time.perf_counter_ns() - t0
         if self.jsonl is not None:
-            self.jsonl.write(result)
+            warnings = self.frame_warnings.pop(result.frame_id, None)
+            self.jsonl.write(result, {"warnings": warnings} if warnings else None)
             timings["sink"] = time.perf_counter_ns() - t0
         self.stats.add(timings)
         self.stats.add_one("e2e", time.monotonic_ns() - result.t_capture_ns)  # to published
@@ -344,6 +458,8 @@ class _Loop:
         t_start = time.monotonic_ns()
         try:
             while True:
+                if self.failed is not None:
+                    raise self.failed
                 if self.flag.is_set() or (self.stop is not None and self.stop.is_set()):
                     stopped_by = "signal"
                     break
@@ -372,6 +488,9 @@ class _Loop:
                         {"event": "drop", "frame_ids": list(range(self.last_id + 1, frame.id))}
                     )
                 self.last_id = frame.id
+                if frame.meta.get("warning"):  # e.g. a truncated image: said in its line
+                    self.frame_warnings[frame.id] = [str(frame.meta["warning"])]
+                    self.damaged.append(frame.id)
                 queued = frame.t_queued_ns or frame.t_capture_ns
                 wait = time.monotonic_ns() - queued - pre_ns
                 timings = {"capture": queued - frame.t_capture_ns, "queue_wait": max(0, wait)}
@@ -391,17 +510,24 @@ class _Loop:
                 else:
                     self._sink(result)
         except BaseException as e:
-            stopped_by, error = "error", e
+            stopped_by, error = _reason(e), e
             raise
         finally:
             late = self._finish(feeder, stopped_by)
             duration_s = (self.t_done - t_start) / 1e9
             if late is not None and error is None:
-                stopped_by, error = "error", late
+                stopped_by, error = _reason(late), late
             summary = self._summary(stopped_by, duration_s, error)
             path = cfg.summary_path
             if path is not None:
-                write_json(path, summary.to_dict())
+                try:
+                    write_json(path, strict_json(summary.to_dict()))
+                except OSError as e:
+                    if error is None:
+                        error = late = OutputError(f"cannot write the summary '{path}': {e}")
+                    self.output_errors.append(f"summary not written to '{path}': {e}")
+            if isinstance(error, OutputError):
+                error.summary = summary
             if late is not None and error is late:
                 raise late
         return summary
@@ -432,6 +558,24 @@ class _Loop:
                 )
         except BaseException as e:
             late = late or e
+        if late is None and self.failed is not None:
+            late = self.failed  # a sink failed after the last frame was taken
+        for s in self.outputs + self.failed_outputs:  # finish the video before the summary
+            try:
+                s.close()
+            except BaseException as e:
+                late = late or e
+                with contextlib.suppress(Exception):
+                    self._write_event({"event": "error", "message": str(e)})
+        source = self.capture.source.describe()
+        if source.get("truncated"):
+            t = source["truncated"]
+            self.warnings.append(
+                f"the source ended after {t['read']} of the {t['declared']} frames its file "
+                "declares: it is truncated or damaged"
+            )
+            with contextlib.suppress(Exception):
+                self._write_event({"event": "truncated", **t})
         return late
 
     def _summary(
@@ -450,8 +594,24 @@ class _Loop:
                 "summary": str(cfg.summary_path) if cfg.summary_path else None,
             },
         }
+        run["run_id"] = self.header.get("run_id")
+        run["bundle_sha256"] = self.header.get("bundle_sha256")
+        run["precision"] = self.header.get("precision")
+        if self.jsonl is not None:
+            run["outputs"]["jsonl_lines"] = self.jsonl.lines
         if error is not None:
             run["error"] = f"{type(error).__name__}: {error}"
+        warnings = self.warnings + self.output_errors
+        if self.damaged:
+            shown = ", ".join(map(str, self.damaged[:10])) + (
+                "..." if len(self.damaged) > 10 else ""
+            )
+            warnings.append(
+                f"{len(self.damaged)} frame(s) came from damaged images (frames {shown}); "
+                "their JSONL lines carry the reason in 'warnings'"
+            )
+        if warnings:
+            run["warnings"] = warnings
         return RunSummary(
             frames=n,
             duration_s=round(duration_s, 4),

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.core.errors import ScheduleError
+from edge.core.errors import ScheduleError, quote
 from edge.runtime.decode import FIELDS, PRIMARY_FIELD, Decoder, TaskResult
 
 RULE_FORMS = "'every', 'every N', 'when COND', 'every N when COND' or 'off'"
@@ -59,8 +59,8 @@ class Condition:
 
     def holds(self, results: Mapping[str, TaskResult | None]) -> bool:
         r = results.get(self.task)
-        if r is None:
-            return False
+        if r is None or r.error is not None:
+            return False  # not run, or no result (non-finite output): the condition is unknown
         got = r.get(self.path)
         op, want = self.op, self.value
         if op in ("in", "not in"):
@@ -132,7 +132,9 @@ def _tokens(text: str, where: str) -> list[tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None or m.end() == pos:
-            raise ScheduleError(f"{where}: cannot read {text[pos:]!r} in condition {text!r}")
+            raise ScheduleError(
+                f"{where}: cannot read {quote(text[pos:])} in condition {quote(text)}"
+            )
         kind = m.lastgroup or ""
         value = m.group(kind)
         out.append(("str" if kind in ("dq", "sq") else kind, value))
@@ -146,7 +148,7 @@ def parse_condition(text: str, decoders: Mapping[str, Decoder], where: str) -> C
     words = [v for _, v in toks]
     if len(toks) < 3 or toks[0][0] != "word":
         raise ScheduleError(
-            f"{where}: condition {text!r} must read 'TASK[.FIELD] OP VALUE', "
+            f"{where}: condition {quote(text)} must read 'TASK[.FIELD] OP VALUE', "
             "e.g. 'defect != ok' or 'defect.prob > 0.8'"
         )
     ref, *rest = words[0].split(".")
@@ -157,12 +159,12 @@ def parse_condition(text: str, decoders: Mapping[str, Decoder], where: str) -> C
         op, vals = ("==" if words[1] == "=" else words[1]), toks[2:]
     else:
         raise ScheduleError(
-            f"{where}: condition {text!r}: unknown operator {words[1]!r}; use "
+            f"{where}: condition {quote(text)}: unknown operator {words[1]!r}; use "
             f"one of {sorted(set(NUMBER_OPS + LABEL_OPS + LIST_OPS))}"
         )
     if ref not in decoders:
         raise ScheduleError(
-            f"{where}: condition {text!r} reads task '{ref}', which this model "
+            f"{where}: condition {quote(text)} reads task '{ref}', which this model "
             f"does not have; tasks: {sorted(decoders)}"
         )
     value = _check_field(decoders[ref], path, op, _value(vals, text, where), text, where)
@@ -179,7 +181,7 @@ def _value(vals: list[tuple[str, str]], text: str, where: str) -> str | tuple[st
         ):
             return tuple(t[1] for t in inner[::2])
     raise ScheduleError(
-        f"{where}: condition {text!r}: the value must be one word, number, "
+        f"{where}: condition {quote(text)}: the value must be one word, number, "
         "quoted text or a [list, of, them]"
     )
 
@@ -200,30 +202,30 @@ def _check_field(
     keyed = {"probs", "fractions", "values"}
     if head not in allowed or (head in keyed) != bool(sub):
         raise ScheduleError(
-            f"{where}: condition {text!r}: task '{dec.task}' ({dec.type}) has no field "
+            f"{where}: condition {quote(text)}: task '{dec.task}' ({dec.type}) has no field "
             f"'{path or head}'; fields: {allowed} (probs/fractions/values need a .label)"
         )
     labels = dec.labels[1:] if head == "fractions" else dec.labels
     if sub and sub not in labels:
         raise ScheduleError(
-            f"{where}: condition {text!r}: '{sub}' is not a label of task "
+            f"{where}: condition {quote(text)}: '{sub}' is not a label of task "
             f"'{dec.task}'; labels: {list(labels)}"
         )
     ok_ops = LABEL_OPS if head == "label" else LIST_OPS if head == "on" else NUMBER_OPS
     if op not in ok_ops:
         raise ScheduleError(
-            f"{where}: condition {text!r}: field '{path or head}' of "
+            f"{where}: condition {quote(text)}: field '{path or head}' of "
             f"'{dec.task}' allows operators {list(ok_ops)}, not '{op}'"
         )
     if (op in ("in", "not in")) != isinstance(value, tuple):
         raise ScheduleError(
-            f"{where}: condition {text!r}: 'in' takes a [list], the other operators one value"
+            f"{where}: condition {quote(text)}: 'in' takes a [list], the other operators one value"
         )
     if head in ("label", "on"):
         bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in dec.labels]
         if bad:
             raise ScheduleError(
-                f"{where}: condition {text!r}: {bad} not among the labels of "
+                f"{where}: condition {quote(text)}: {bad} not among the labels of "
                 f"'{dec.task}': {list(dec.labels)}"
             )
         return value
@@ -231,8 +233,8 @@ def _check_field(
         return float(value)  # type: ignore[arg-type]
     except ValueError:
         raise ScheduleError(
-            f"{where}: condition {text!r}: '{path or head}' is a number; "
-            f"compare it with a number, not {value!r}"
+            f"{where}: condition {quote(text)}: '{path or head}' is a number; "
+            f"compare it with a number, not {quote(value)}"
         ) from None
 
 
@@ -268,7 +270,8 @@ def parse_rule(
         return TaskRule(task, 0)
     if not t or m is None or (m.group(1) is not None and int(m.group(1)) < 1):
         raise ScheduleError(
-            f"{where}: rule {t!r} for task '{task}' is not valid; expected {RULE_FORMS} (N >= 1)"
+            f"{where}: rule {quote(t)} for task '{task}' is not valid; expected "
+            f"{RULE_FORMS} (N >= 1)"
         )
     period = int(m.group(1) or 1)
     when = parse_condition(m.group(2), decoders, f"{where}: '{task}'") if m.group(2) else None
@@ -277,19 +280,37 @@ def parse_rule(
     return TaskRule(task, period, when)
 
 
+MAX_SCHEDULE_BYTES = 64 * 1024
+"""A schedule is a few lines; a bigger file is the wrong file (and is not read into memory)."""
+
+
 def read_schedule_file(path: str | Path) -> dict[str, Any]:
     """{task: rule} from a JSON object or a ``task: rule`` text file."""
     p = Path(path)
     try:
-        text = p.read_text()
+        size = p.stat().st_size
+        if size > MAX_SCHEDULE_BYTES:
+            raise ScheduleError(
+                f"schedule file '{p}' is {size} bytes; a schedule is a few 'task: rule' lines "
+                f"(at most {MAX_SCHEDULE_BYTES} bytes): is it the right file?"
+            )
+        data_bytes = p.read_bytes()
     except OSError as e:
         raise ScheduleError(f"schedule file '{p}' cannot be read: {e}") from e
+    try:
+        if b"\0" in data_bytes:
+            raise UnicodeError("it holds NUL bytes")
+        text = data_bytes.decode("utf-8")
+    except UnicodeError as e:
+        raise ScheduleError(
+            f"schedule file '{p}' is not a text file ({e}); expected 'task: rule' lines or JSON"
+        ) from e
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ScheduleError(f"schedule file '{p}' is not valid JSON: {e}") from e
-        if not all(isinstance(v, (str, dict)) for v in data.values()):
+        if not isinstance(data, dict) or not all(isinstance(v, (str, dict)) for v in data.values()):
             raise ScheduleError(
                 f"schedule file '{p}': each value must be a rule string or "
                 'an object {"every": N, "when": COND}'
@@ -302,7 +323,7 @@ def read_schedule_file(path: str | Path) -> dict[str, Any]:
             continue
         task, sep, rule = line.partition(":")
         if not sep or not task.strip().isidentifier():
-            raise ScheduleError(f"{p}:{n}: expected 'task: rule' ({RULE_FORMS}), got {line!r}")
+            raise ScheduleError(f"{p}:{n}: expected 'task: rule' ({RULE_FORMS}), got {quote(line)}")
         if task.strip() in rules:
             raise ScheduleError(f"{p}:{n}: a second rule for '{task.strip()}'")
         rules[task.strip()] = rule.strip()
@@ -315,7 +336,7 @@ def _flag_pairs(items: Sequence[str], sep: str, flag: str) -> list[tuple[str, st
         task, ok, value = item.partition(sep)
         if not ok or not task.strip() or not value.strip():
             example = "mask=5" if flag == "--every" else "mask: defect != ok"
-            raise ScheduleError(f"{flag} {item!r}: expected 'TASK{sep}...' like '{example}'")
+            raise ScheduleError(f"{flag} {quote(item)}: expected 'TASK{sep}...' like '{example}'")
         out.append((task.strip(), value.strip()))
     return out
 

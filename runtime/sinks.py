@@ -37,9 +37,14 @@ import cv2
 import numpy as np
 
 from edge.core.errors import EdgeError
+from edge.core.files import temp_prefix
+from edge.runtime.outputs import LineFile, OutputError, write_failed
 from edge.runtime.pipeline import NOT_RUN, FrameResult
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv")
+SPACE_CHECK_EVERY = 64
+"""The annotated video's disk is checked for free space every this many frames (OpenCV's
+writer does not report write errors)."""
 
 
 class Sink(Protocol):
@@ -78,39 +83,41 @@ def frame_record(result: FrameResult, clock: WallClock) -> dict[str, Any]:
 
 
 class JsonlSink:
-    """Results as JSON lines in ``path`` (replaced if it exists)."""
+    """Results as JSON lines appended to ``path`` (see :class:`~edge.runtime.outputs.LineFile`:
+    whole lines, strict JSON, the run's ``header`` first, optional rotation)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        header: Mapping[str, Any] | None = None,
+        rotate: tuple[str, int] | None = None,
+        keep: int = 5,
+    ) -> None:
         self.path = Path(path)
         self.clock = WallClock()
-        try:
-            self._fd: int | None = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644
-            )
-        except OSError as e:
-            raise EdgeError(
-                f"cannot write results to '{self.path}': {e}; choose another --out", stage="run"
-            ) from e
+        self._file: LineFile | None = LineFile(self.path, header=header, rotate=rotate, keep=keep)
         self.lines = 0
 
-    def write(self, result: FrameResult) -> None:
-        self._line(frame_record(result, self.clock))
+    def write(self, result: FrameResult, extra: Mapping[str, Any] | None = None) -> None:
+        record = frame_record(result, self.clock)
+        if extra:
+            record.update(extra)
+        self._line(record)
 
     def event(self, event: Mapping[str, Any]) -> None:
         self._line(dict(event))
 
     def _line(self, record: Mapping[str, Any]) -> None:
-        if self._fd is None:
+        if self._file is None:
             raise EdgeError(f"results file '{self.path}' is already closed", stage="run")
-        data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        while data:  # one call for a regular file; the loop only guards short writes
-            data = data[os.write(self._fd, data) :]
+        self._file.write(record)
         self.lines += 1
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class SinkWorker:
@@ -185,7 +192,12 @@ def annotate(image: np.ndarray, result: FrameResult) -> np.ndarray:
 
 class AnnotatedSink:
     """Annotated frames as a video (``.mp4``/``.avi``/``.mkv``, renamed into place on close) or
-    as PNG files ``frame_<id>.png`` in a folder (each written to a temporary name first)."""
+    as PNG files ``frame_<id>.png`` in a folder (each written to a temporary name first).
+
+    OpenCV's video writer reports no write errors: the free space is checked every
+    ``SPACE_CHECK_EVERY`` frames, and on close the file is read back; a video that is not
+    complete raises :class:`~edge.runtime.outputs.OutputError` and is not renamed into place.
+    """
 
     def __init__(self, path: str | Path, fps: float = 30.0) -> None:
         self.path = Path(path)
@@ -198,8 +210,8 @@ class AnnotatedSink:
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise EdgeError(f"cannot create '{parent}' for --video: {e}", stage="run") from e
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}{self.path.suffix}")
+            raise write_failed("the --video folder", parent, e) from e
+        self._tmp = self.path.with_name(f"{temp_prefix(self.path.name)}v{self.path.suffix}")
 
     def write(self, result: FrameResult) -> None:
         if result.image is None:
@@ -207,34 +219,99 @@ class AnnotatedSink:
         img = annotate(result.image, result)
         if not self.video:
             name = self.path / f"frame_{result.frame_id:06d}.png"
-            tmp = name.with_name(f".{name.name}.tmp.png")
+            tmp = name.with_name(f"{temp_prefix(name.name)}f.png")
             if not cv2.imwrite(str(tmp), img):
-                raise EdgeError(f"cannot write annotated frame '{name}'", stage="run")
-            os.replace(tmp, name)
+                tmp.unlink(missing_ok=True)
+                raise OutputError(
+                    f"cannot write annotated frame '{name}'{_space_note(self.path)}",
+                    reason=_space_reason(self.path),
+                )
+            try:
+                os.replace(tmp, name)
+            except OSError as e:
+                raise write_failed("annotated frame", name, e) from e
         else:
             if self._writer is None:
                 self._size = (img.shape[1], img.shape[0])
                 fourcc = cv2.VideoWriter.fourcc(*("mp4v" if self.path.suffix == ".mp4" else "MJPG"))
                 self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
                 if not self._writer.isOpened():
-                    raise EdgeError(
-                        f"OpenCV cannot write video '{self.path}'; give --video a "
-                        "folder to get PNG frames instead",
-                        stage="run",
+                    self._writer = None
+                    self._tmp.unlink(missing_ok=True)
+                    raise OutputError(
+                        f"OpenCV cannot write video '{self.path}'{_space_note(self.path.parent)}"
+                        "; give --video a folder to get PNG frames instead",
+                        reason=_space_reason(self.path.parent),
                     )
             if (img.shape[1], img.shape[0]) != self._size:
                 img = cv2.resize(img, self._size)
             self._writer.write(img)
+            check = self.frames % SPACE_CHECK_EVERY == SPACE_CHECK_EVERY - 1
+            if check and _space_reason(self.path.parent) == "disk full":
+                raise OutputError(
+                    f"annotated video '{self.path}': the disk is full after {self.frames} "
+                    "frames; free space or write the video elsewhere",
+                    reason="disk full",
+                )
         self.frames += 1
 
     def event(self, event: Mapping[str, Any]) -> None:
         pass
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        """Finish the video; check it holds every frame, then rename it into place."""
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        readable = _video_frames(self._tmp)
+        if readable < self.frames:
+            self._tmp.unlink(missing_ok=True)
+            reason = _space_reason(self.path.parent)
+            raise OutputError(
+                f"annotated video '{self.path}' was not written completely ({self.frames} frames "
+                f"given, {readable} readable back){_space_note(self.path.parent)}; nothing was "
+                "written to that path",
+                reason=reason,
+            )
+        try:
             os.replace(self._tmp, self.path)
+        except OSError as e:
+            raise write_failed("annotated video", self.path, e) from e
+
+
+def _video_frames(path: Path) -> int:
+    """How many frames OpenCV can read back from a video file (0 when it cannot open it)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return 0
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if n > 0:
+            return n
+        while cap.read()[0]:  # no count in the container: read them (a failed file has few)
+            n += 1
+        return n
+    finally:
+        cap.release()
+
+
+def _space_reason(folder: Path) -> str:
+    """ "disk full", "read-only filesystem" or "write failed" for the disk holding ``folder``."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return "write failed"
+    if st.f_flag & os.ST_RDONLY:
+        return "read-only filesystem"
+    return "disk full" if st.f_bavail * st.f_frsize < (1 << 16) else "write failed"
+
+
+def _space_note(folder: Path) -> str:
+    reason = _space_reason(folder)
+    return "" if reason == "write failed" else f" ({reason})"
 
 
 # -- summary --------------------------------------------------------------------------------
@@ -246,7 +323,8 @@ class RunSummary:
     duration_s: float
     fps: float
     stopped_by: str
-    """"frames", "duration", "end" (the source ended), "signal" (SIGINT/SIGTERM) or "error"."""
+    """"frames", "duration", "end" (the source ended), "signal" (SIGINT/SIGTERM/SIGHUP),
+    "disk full", "read-only filesystem" (an output could not be written) or "error"."""
     tasks: dict[str, dict[str, Any]]
     capture: dict[str, Any]
     stages: dict[str, dict[str, float]]
@@ -269,6 +347,8 @@ class RunSummary:
             detail = {k: v for k, v in d.items() if k not in ("runs", "kind")}
             rule = f" ({schedule[task]})" if task in schedule else ""
             lines.append(f"  {task}{rule}: ran on {d['runs']} frames; {json.dumps(detail)}")
+        for warning in self.run.get("warnings", []):
+            lines.append(f"  warning: {warning}")
         for stage, s in self.stages.items():
             lines.append(
                 f"  {stage:>14}: mean {s['mean_ms']:.3f} ms  p50 {s['p50_ms']:.3f}  "
@@ -291,7 +371,9 @@ class TaskTally:
             d = self.data[t]
             d["runs"] += 1
             d.setdefault("kind", r.type)
-            if r.type == "softmax_argmax":
+            if r.error is not None:
+                d["errors"] = d.get("errors", 0) + 1
+            elif r.type == "softmax_argmax":
                 labels = d.setdefault("labels", {})
                 labels[r.data["label"]] = labels.get(r.data["label"], 0) + 1
             elif r.type == "sigmoid_threshold":
@@ -314,7 +396,7 @@ class TaskTally:
         out = {}
         for t, d in self.data.items():
             d = dict(d)
-            n = d["runs"]
+            n = d["runs"] - d.get("errors", 0)
             for name, (lo, hi, total) in d.pop("_acc", {}).items():
                 stats = {"mean": round(total / n, 4), "min": round(lo, 4), "max": round(hi, 4)}
                 if name:

@@ -8,10 +8,12 @@ neither torch nor onnx, so the runtime and the CLI can read configs cheaply.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edge.core.errors import ConfigError
+from edge.core.errors import ConfigError, quote
 
 PRIMITIVE_KINDS = ("lbc", "gauss", "dilated", "avgpool", "identity", "maxpool")
 """The fixed, non-learnable primitive kinds (docs/architecture.md, "The model family"); only
@@ -21,6 +23,39 @@ LINEAR_PRIMITIVES = frozenset({"lbc", "gauss", "dilated", "avgpool", "identity"}
 
 TASK_KINDS = ("classification", "multilabel", "regression", "segmentation")
 """Image-level heads (classification, multi-label, regression) and the dense head (segmentation)."""
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _seq(item: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, (list, tuple)) and all(item(x) for x in v)
+
+
+_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (_int, "an integer"),
+    "num": (_num, "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "ints": (_seq(_int), "a list of integers"),
+    "nums": (_seq(_num), "a list of finite numbers"),
+    "strs": (_seq(lambda v: isinstance(v, str)), "a list of strings"),
+}
+
+
+def _check_types(owner: str, obj: object, fields: dict[str, str]) -> None:
+    """Raise ConfigError naming the first field of ``obj`` whose value has the wrong type (a
+    checkpoint or JSON config may hold anything)."""
+    for name, kind in fields.items():
+        ok, expected = _TYPES[kind]
+        value = getattr(obj, name)
+        if not ok(value):
+            raise ConfigError(f"{owner}: '{name}' must be {expected}, got {quote(value)}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +84,21 @@ class TaskSpec:
     decoder_channels: int = 16
 
     def __post_init__(self) -> None:
+        _check_types(
+            f"task {quote(self.name)}",
+            self,
+            {
+                "name": "str",
+                "kind": "str",
+                "labels": "strs",
+                "label_key": "str",
+                "scale": "num",
+                "offset": "num",
+                "unit": "str",
+                "threshold": "num",
+                "decoder_channels": "int",
+            },
+        )
         if not self.name.isidentifier():
             raise ConfigError(
                 f"task name '{self.name}' must be a Python identifier (letters, digits, _), "
@@ -118,6 +168,34 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        _check_types(
+            "model config",
+            self,
+            {
+                "widths": "ints",
+                "depths": "ints",
+                "gamma": "num",
+                "primitives": "strs",
+                "depthwise": "bool",
+                "lbc_density": "num",
+                "seed": "int",
+                "in_channels": "int",
+                "input_size": "ints",
+                "mean": "nums",
+                "std": "nums",
+                "name": "str",
+            },
+        )
+        if not isinstance(self.tasks, (list, tuple)) or not all(
+            isinstance(t, TaskSpec) for t in self.tasks
+        ):
+            raise ConfigError(
+                f"model config: 'tasks' must be a list of tasks, got {quote(self.tasks)}"
+            )
+        if len(self.input_size) != 2:
+            raise ConfigError(
+                f"model config: 'input_size' must be [height, width], got {quote(self.input_size)}"
+            )
         for attr in ("tasks", "widths", "depths", "primitives", "input_size", "mean", "std"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
         if not self.tasks:
@@ -221,13 +299,15 @@ class ModelConfig:
         kw = dict(data)
         task_fields = set(TaskSpec.__dataclass_fields__)
         tasks = []
+        if not isinstance(kw["tasks"], list):
+            raise ConfigError(f"model config: 'tasks' must be a list, got {quote(kw['tasks'])}")
         for t in kw.pop("tasks"):
             if not isinstance(t, dict) or not {"name", "kind", "labels"} <= set(t):
                 raise ConfigError(f"a task needs 'name', 'kind' and 'labels', got {t!r}")
             bad = set(t) - task_fields
             if bad:
                 raise ConfigError(f"task '{t.get('name')}' has unknown keys {sorted(bad)}")
-            tasks.append(TaskSpec(**{**t, "labels": tuple(t["labels"])}))
+            tasks.append(TaskSpec(**t))
         return cls(tasks=tuple(tasks), **kw)
 
     @classmethod

@@ -10,6 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+QUOTE_LIMIT = 200
+"""The most characters of the user's input an error message quotes (see :func:`quote`)."""
+MESSAGE_LIMIT = 2000
+"""Longer messages are cut in the middle: an error must stay one readable line."""
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the full length said (for quoting
+    user input such as a schedule line, which may be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class EdgeError(Exception):
     """A problem with the user's input, files or environment: fixable by the user."""
@@ -19,6 +31,10 @@ class EdgeError(Exception):
     def __init__(self, message: str, *, stage: str | None = None) -> None:
         if stage is not None:
             self.stage = stage
+        if len(message) > MESSAGE_LIMIT:
+            cut = len(message) - MESSAGE_LIMIT
+            half = MESSAGE_LIMIT // 2
+            message = f"{message[:half]} ...[{cut} characters cut]... {message[-half:]}"
         super().__init__(message)
 
     def __str__(self) -> str:

@@ -349,6 +349,23 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             "re-run edge convert"
         ) from e
     bundle = Bundle(root=root, manifest=manifest, config=config, tasks=tasks)
+    _check_file_list(bundle, root / MANIFEST)
     if verify:
         bundle.verify_hashes()
     return bundle
+
+
+def _check_file_list(bundle: Bundle, mpath: Path) -> None:
+    """The manifest must list (with a sha256) every graph the bundle runs."""
+    files = bundle.manifest.files
+    if not files:
+        raise BundleError(
+            f'{mpath}: has no "files" list (the sha256 of each file), so the bundle cannot be '
+            "checked; it was edited or is damaged: re-run edge convert"
+        )
+    for part in bundle.parts:
+        if part_file(part) not in files:
+            raise BundleError(
+                f"{mpath}: \"files\" does not list '{part_file(part)}' with its sha256; the "
+                "manifest was edited or is damaged: re-run edge convert"
+            )

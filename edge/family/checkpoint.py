@@ -96,6 +96,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"unexpected {unexpected[:5]}"
         )
     for name, ref in expected.items():
+        if not isinstance(state[name], torch.Tensor):
+            raise CheckpointError(
+                f"{path}: state_dict entry '{name}' is a {type(state[name]).__name__}, not a "
+                "tensor; the checkpoint is damaged or was not written by edge train"
+            )
         if tuple(state[name].shape) != tuple(ref.shape):
             raise CheckpointError(
                 f"{path}: tensor '{name}' has shape {tuple(state[name].shape)}, its config "

@@ -1,4 +1,8 @@
-"""ONNX Runtime on the CPU: the default backend and the reference the others are tested against."""
+"""ONNX Runtime on the CPU: the default backend and the reference the others are tested against.
+
+``precision="int8"`` runs the bundle's ``int8/<part>.onnx`` Q/DQ models (written by ``edge
+calibrate``; ONNX Runtime executes QuantizeLinear/DequantizeLinear) instead of the fp32 parts.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.core.errors import ConfigError
+from edge.core.errors import BundleError, ConfigError
+from edge.core.manifest import Bundle, part_file
 from edge.runtime.backends.base import Backend, TensorMeta
 
 _DTYPES = {
@@ -23,6 +28,7 @@ _DTYPES = {
     "tensor(bool)": "bool",
 }
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+ORT_PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,15 @@ class OrtOptions:
     spin: bool = False
     """Let worker threads spin-wait between runs (lower latency, burns CPU); only matters with
     more than one intra-op thread."""
+    precision: str = "fp32"
+    """fp32: the bundle's ONNX parts; int8: its ``int8/`` Q/DQ models (edge calibrate)."""
 
     def __post_init__(self) -> None:
+        if self.precision not in ORT_PRECISIONS:
+            raise ConfigError(
+                f"onnxruntime precision '{self.precision}': ONNX Runtime runs {ORT_PRECISIONS} "
+                "(int8 = the Q/DQ models of edge calibrate); fp16 needs --backend tensorrt"
+            )
         if self.graph_optimization not in OPT_LEVELS:
             raise ConfigError(
                 f"onnxruntime graph_optimization '{self.graph_optimization}': "
@@ -58,6 +71,18 @@ class OnnxRuntimeBackend(Backend):
         super().__init__()
         self.options = options if options is not None else OrtOptions(**kw)
         self._session: Any = None
+
+    def artifact_path(self, bundle: Bundle, part: str) -> Path:
+        """The fp32 part, or with ``precision="int8"`` its Q/DQ model in ``int8/``."""
+        if self.options.precision == "fp32":
+            return bundle.path(part)
+        path = bundle.root / "int8" / part_file(part)
+        if not path.is_file():
+            raise BundleError(
+                f"{bundle.root}: no INT8 model 'int8/{part_file(part)}' for --precision int8 on "
+                f"ONNX Runtime; run: edge calibrate {bundle.root} (or use --precision fp32)"
+            )
+        return path
 
     def _load_impl(self, path: Path) -> None:
         import onnxruntime as ort

@@ -57,6 +57,10 @@ class VideoFileSource(Source):
         self._pass = 0
         self._file_fps: float | None = None
         self._pacer = _Pacer(None)
+        self.declared_frames: int | None = None
+        """The frame count the container declares (None when it declares none)."""
+        self.truncated: dict[str, int] | None = None
+        """{"declared", "read"} once the file ended before its declared frame count."""
 
     @property
     def nominal_fps(self) -> float | None:
@@ -72,6 +76,9 @@ class VideoFileSource(Source):
             )
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._file_fps = fps if fps > 0 and np.isfinite(fps) else None
+        count = float(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
+        self.declared_frames = int(count) if count > 0 and np.isfinite(count) else None
+        self.truncated = None
         self._index = 0
         self._pacer = _Pacer(self.nominal_fps if self.options.realtime else None)
 
@@ -83,6 +90,10 @@ class VideoFileSource(Source):
             self._index, self._pass = 0, self._pass + 1
             ok, image = self._cap.read()
         if not ok:
+            declared = self.declared_frames
+            if self._pass == 0 and declared is not None and self._index < declared:
+                # the container promised more frames: the file is truncated or damaged
+                self.truncated = {"declared": declared, "read": self._index}
             self._mark_ended()
             return None
         self._pacer.wait()
@@ -96,11 +107,14 @@ class VideoFileSource(Source):
             self._cap = None
 
     def _describe_impl(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "path": str(self.path),
             "loop": self.options.loop,
             "realtime": self.options.realtime,
         }
+        if self.truncated:
+            d["truncated"] = self.truncated
+        return d
 
 
 class ImageFolderSource(Source):
@@ -131,13 +145,41 @@ class ImageFolderSource(Source):
             )
         self._pacer.wait()
         self._index += 1
-        return RawFrame(image, self._index - 1, {"path": str(path)})
+        meta: dict[str, Any] = {"path": str(path)}
+        damage = truncated_image(path)
+        if damage:
+            meta["warning"] = f"{path.name}: {damage}; the decoded image is incomplete"
+        return RawFrame(image, self._index - 1, meta)
 
     def _close_impl(self) -> None:
         pass
 
     def _describe_impl(self) -> dict[str, Any]:
         return {"files": len(self.files), "first": str(self.files[0]) if self.files else None}
+
+
+_IMAGE_ENDS = {
+    ".jpg": (b"\xff\xd9", "truncated JPEG (no end-of-image marker)"),
+    ".jpeg": (b"\xff\xd9", "truncated JPEG (no end-of-image marker)"),
+    ".png": (b"IEND\xaeB`\x82", "truncated PNG (no IEND chunk)"),
+}
+
+
+def truncated_image(path: Path) -> str | None:
+    """Why an image file is cut short (OpenCV decodes such files with grey or missing rows and
+    only a message on stderr), or None. Checks the format's end marker; trailing zero padding
+    some cameras add is allowed."""
+    end = _IMAGE_ENDS.get(path.suffix.lower())
+    if end is None:
+        return None
+    marker, why = end
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            tail = f.read().rstrip(b"\0")
+    except OSError:
+        return None
+    return None if tail.endswith(marker) else why
 
 
 class SyntheticSource(Source):
