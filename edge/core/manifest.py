@@ -162,7 +162,7 @@ class Manifest:
         """Validate and type a manifest's JSON object; BundleError says what is wrong."""
         if not isinstance(m, dict):
             raise BundleError(
-                f"{where}: a manifest is a JSON object, got {type(m).__name__}; re-run edge convert"
+                f"{where}: expected a JSON object, got {type(m).__name__}; re-run edge convert"
             )
         if m.get("format") != FORMAT:
             raise BundleError(

@@ -32,7 +32,7 @@ def test_unknown_sections_survive_a_rewrite(tiny_bundle: Path, tmp_path: Path) -
 @pytest.mark.parametrize(
     "text, problem",
     [
-        ("[]", "a manifest is a JSON object"),
+        ("[]", "expected a JSON object"),
         ('{"format": "other"}', "not an etr-edge bundle manifest"),
         ('{"format": "etr-edge-bundle", "format_version": 9}', "format version 9"),
         ('{"format": "etr-edge-bundle", "format_version": 1}', "manifest is incomplete"),
