@@ -184,6 +184,11 @@ class Source:
         """No frame for this long means the source failed (None: the source detects it)."""
         return self.options.read_timeout_s if self.is_live and not self.triggered else None
 
+    @property
+    def software_trigger(self) -> bool:
+        """True when :meth:`fire_trigger` works (``genicam://...?trigger=software``)."""
+        return False
+
     def fire_trigger(self) -> None:
         """Fire one software trigger (an MQTT/HTTP handler or ``--trigger-every`` calls it)."""
         raise SourceError(
@@ -283,6 +288,15 @@ class Source:
 
     def _name(self) -> str:
         return f"{self.kind} source {redact_uri(self.uri)!r}"
+
+
+def device_facts(frame: Frame) -> dict[str, Any] | None:
+    """The camera facts of a frame for its results line (None when the source has none):
+    ``t_device_ns``, ``clock`` and the source's per-frame counters (``meta["genicam"]``)."""
+    extra = frame.meta.get("genicam")
+    if frame.t_device_ns is None and not extra:
+        return None
+    return {"t_device_ns": frame.t_device_ns, "clock": frame.device_clock, **(extra or {})}
 
 
 class TriggerTimer:

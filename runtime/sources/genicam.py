@@ -179,11 +179,15 @@ class GenICamSource(Source):
         return self.settings.trigger is not None
 
     @property
+    def software_trigger(self) -> bool:
+        return self.settings.trigger == "Software"
+
+    @property
     def nominal_fps(self) -> float | None:
         return None if self.triggered else self._fps
 
     def fire_trigger(self) -> None:
-        if self.settings.trigger != "Software":
+        if not self.software_trigger:
             super().fire_trigger()
         if self._cam is None:
             raise SourceError(f"{self._name()} is not open: no trigger fired")

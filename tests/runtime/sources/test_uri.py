@@ -51,8 +51,9 @@ def test_rtsp_uses_gstreamer_pipeline_when_available_else_ffmpeg() -> None:
 def test_rtsp_pipeline_strings() -> None:
     generic = rtsp_pipeline("rtsp://cam/s")
     assert generic == (
-        'rtspsrc location="rtsp://cam/s" latency=0 drop-on-latency=true protocols=tcp ! decodebin ! '
-        "videoconvert ! video/x-raw,format=BGR ! appsink drop=1 max-buffers=1 sync=false"
+        'rtspsrc location="rtsp://cam/s" latency=0 drop-on-latency=true protocols=tcp ! '
+        "decodebin ! videoconvert ! video/x-raw,format=BGR ! "
+        "appsink drop=1 max-buffers=1 sync=false"
     )
     jetson = rtsp_pipeline("rtsp://cam/s", 100, codec="h265", jetson=True, width=640, height=360)
     assert "latency=100" in jetson
