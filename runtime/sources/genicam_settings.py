@@ -69,7 +69,7 @@ def parse_genicam_uri(uri: str) -> GenICamSettings:
     values: dict[str, str] = {}
     trigger, buffers, timeout_ms = None, 8, 200
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in values or key.lower() in values:
+        if standard.get(key.lower(), key) in values:
             raise _bad(uri, f"option {key!r} given twice")
         if key.startswith("feature."):
             name = key[len("feature.") :]

@@ -362,8 +362,8 @@ def _camera_source(uri: str, scheme: str, rest: str, options: SourceOptions, gst
 
 
 def _csi(uri: str, rest: str, options: SourceOptions, gst: bool) -> Source:
-    bare, q = split_query(uri, "csi")
-    m = re.fullmatch(r"//(\d*)", bare.partition(":")[2])
+    _, q = split_query(uri, "csi")
+    m = re.fullmatch(r"//(\d*)", rest.partition("?")[0])
     if not m:
         raise _bad_uri(uri, "expected csi://N with N the sensor id (or csi://?sensor-id=N)")
     sensor_id, c = csi_settings(uri, q)
