@@ -128,7 +128,8 @@ def _node_kind(arv: Any, node: Any) -> str:
 
 def feature_names(device: Any) -> list[str]:
     """Every feature reachable from the camera's category tree (for "did you mean")."""
-    genicam, out, todo, seen = device.get_genicam(), [], ["Root"], set()
+    genicam, out, todo = device.get_genicam(), [], ["Root"]
+    seen: set[str] = set()
     while todo and len(seen) < 5000:
         name = todo.pop()
         if name in seen:
@@ -145,7 +146,7 @@ def feature_names(device: Any) -> list[str]:
     return sorted(out)
 
 
-def _resolve(arv: Any, camera: Any, where: str, key: str, candidates: tuple[str, ...]) -> str:
+def _resolve(camera: Any, where: str, key: str, candidates: tuple[str, ...]) -> str:
     device = camera.get_device()
     for name in candidates:
         node = device.get_feature(name)
@@ -171,7 +172,7 @@ def apply_settings(arv: Any, camera: Any, settings: GenICamSettings, where: str)
             if node is not None and node.is_available() and "W" in str(_access(node)):
                 camera.set_integer(name, 0)
     for key, candidates, text in settings.features:
-        name = _resolve(arv, camera, where, key, candidates)
+        name = _resolve(camera, where, key, candidates)
         if key == "AcquisitionFrameRate":
             enable = camera.get_device().get_feature("AcquisitionFrameRateEnable")
             if enable is not None and enable.is_available():

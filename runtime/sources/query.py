@@ -162,7 +162,9 @@ def csi_settings(uri: str, q: dict[str, str]) -> tuple[int | None, CsiSettings]:
     return _int(uri, k, q, "sensor-id", 0, 64), s
 
 
-def crop_box(uri: str, crop: tuple[int | None, ...], width: int, height: int) -> tuple[int, ...]:
+def crop_box(
+    uri: str, crop: tuple[int | None, ...], width: int, height: int
+) -> tuple[int, int, int, int]:
     """(left, right, top, bottom) filled in and checked against the capture size."""
     left, right, top, bottom = crop
     box = (
