@@ -48,9 +48,9 @@ class FakeCamera:
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [FAKE, "-i", "127.0.0.1", "-s", "ETR001"],
+            [FAKE, "-i", "127.0.0.1", "-s", "ETR001", *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
@@ -227,3 +227,33 @@ def test_edge_run_with_trigger_every_processes_every_triggered_frame(
     assert ids == list(range(len(ids))) and len(ids) >= 5  # no frame skipped
     # --trigger-every on a source without a software trigger: a clear error, exit 2
     assert main(["run", str(tiny_bundle), "--source", CAM, "--trigger-every", "50"]) == 2
+
+
+def test_lost_packets_are_counted_per_frame_and_in_describe(camera: FakeCamera) -> None:
+    camera.kill()
+    camera.start("-r", "20")  # the fake camera drops 2 % of its stream packets
+    try:
+        with open_source(f"{CAM}?Width=320&Height=240&AcquisitionFrameRate=100") as src:
+            frames = _frames(src, 30)
+            d = src.describe()  # no read since the last frame: the counters match the frames
+    finally:
+        camera.kill()
+        camera.start()
+    assert len(frames) == 30
+    metas = [f.meta["genicam"] for f in frames]
+    assert d["incomplete"] == sum(m["incomplete_before"] for m in metas) > 0
+    assert d["missing_packets"] == sum(m["missing_packets"] for m in metas) > 0
+    assert set(d["incomplete_by_status"]) <= {"missing-packets", "timeout", "size-mismatch"}
+    assert all(m["missing_packets"] > 0 for m in metas if m["incomplete_before"])
+
+
+def test_triggered_parts_overrun_a_full_fifo_and_are_recorded_by_id(camera: FakeCamera) -> None:
+    src = open_source(f"{CAM}?trigger=software&Width=64&Height=48")
+    with CaptureThread(src, "fifo:1") as cap:
+        for _ in range(4):  # nobody consumes: the first waits in the queue, 3 overrun
+            src.fire_trigger()
+            time.sleep(0.3)
+        stats = cap.stats
+        first = cap.get(timeout=1.0)
+    assert stats.captured == 4 and stats.queued == 1 and stats.overruns == 3
+    assert stats.overrun_ids == (1, 2, 3) and first is not None and first.id == 0
