@@ -76,7 +76,7 @@ def bits_per_pixel(pixel_format: int) -> int:
 def to_bgr(data: np.ndarray, width: int, height: int, pixel_format: int) -> np.ndarray:
     """Raw buffer bytes (uint8, possibly a view of the camera's buffer) -> a new HxWx3 BGR image.
 
-    16-bit formats keep their most significant 8 bits. Raises :class:`SourceError` for formats
+    10/12/16-bit formats are scaled to 8 bits (rounded). Raises :class:`SourceError` for formats
     not in :data:`PIXEL_FORMATS` or a buffer smaller than the image.
     """
     if pixel_format not in PIXEL_FORMATS:
@@ -93,8 +93,9 @@ def to_bgr(data: np.ndarray, width: int, height: int, pixel_format: int) -> np.n
             f"genicam {name} buffer holds {data.size} bytes, {width}x{height} needs {need}"
         )
     raw = data[:need]
-    if bpp == 16:
-        img = (raw.view("<u2").reshape(height, width) >> (bits - 8)).astype(np.uint8)
+    if bpp == 16:  # scale to 8 bits, rounded, in one pass
+        u16 = raw.view("<u2").reshape(height, width)
+        img = cv2.convertScaleAbs(u16, alpha=1.0 / (1 << (bits - 8)))
     elif name.startswith("YUV"):
         img = raw.reshape(height, width, 2)
     else:

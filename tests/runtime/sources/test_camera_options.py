@@ -142,9 +142,11 @@ def test_mono_rgb_and_16_bit_formats_to_bgr() -> None:
     rgb = np.array([10, 20, 30] * 4, np.uint8)
     assert tuple(to_bgr(rgb, 2, 2, 0x02180014)[0, 0]) == (30, 20, 10)
     m16 = np.full(4, 0xABCD, "<u2").view(np.uint8)
-    assert to_bgr(m16, 2, 2, 0x01100007)[0, 0, 0] == 0xAB
+    assert to_bgr(m16, 2, 2, 0x01100007)[0, 0, 0] == round(0xABCD / 256)
     m12 = np.full(4, 0x0ABC, "<u2").view(np.uint8)
-    assert to_bgr(m12, 2, 2, 0x01100005)[0, 0, 0] == 0xAB
+    assert to_bgr(m12, 2, 2, 0x01100005)[0, 0, 0] == round(0x0ABC / 16)
+    top = np.full(4, 0xFFFF, "<u2").view(np.uint8)
+    assert to_bgr(top, 2, 2, 0x01100007)[0, 0, 0] == 255
     with pytest.raises(SourceError, match="not supported: set PixelFormat= one of"):
         to_bgr(mono, 4, 3, 0x01080099)
     with pytest.raises(SourceError, match="buffer holds 12 bytes"):
