@@ -9,12 +9,17 @@
 - ``synthetic:?frames=N&seed=S&fps=F&width=W&height=H&live=0|1``: the demo line
   (:mod:`edge.data.demo_line`); endless unless ``frames``; ``fps=0`` means as fast as possible;
   ``live=1`` makes it behave as a free-running camera (the capture policy may drop/overrun).
-- ``usb:N`` / ``v4l2:///dev/videoN``: ``cv2.VideoCapture(.., cv2.CAP_V4L2)``, buffer size 1.
+- ``usb:N`` / ``v4l2:///dev/videoN``: ``cv2.VideoCapture(.., cv2.CAP_V4L2)``, buffer size 1;
+  ``?width=&height=&fps=&fourcc=`` are set and read back (not honoured: an error).
 - ``rtsp://...``: with a GStreamer-enabled OpenCV, :func:`rtsp_pipeline` (``rtspsrc latency=0
   drop-on-latency=true ... appsink drop=1 max-buffers=1 sync=false``); otherwise the FFmpeg backend
   with ``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp|fflags;nobuffer|flags;low_delay`` (set
   only when the user has not set it). ``describe()["backend"]`` says which one is in use.
-- ``csi://N``: Jetson CSI camera through :func:`csi_pipeline` (``nvarguscamerasrc sensor-id=N``).
+- ``csi://N``: Jetson CSI camera through :func:`csi_pipeline` (``nvarguscamerasrc sensor-id=N``),
+  Argus settings and a VIC crop from the query (:mod:`edge.runtime.sources.query` lists the keys;
+  ``rtsp://`` takes ``latency`` and ``transport`` the same way).
+- ``genicam://[DEVICE-ID]?...``: GigE Vision / USB3 Vision cameras through Aravis
+  (:mod:`edge.runtime.sources.genicam`; options in :mod:`edge.runtime.sources.genicam_settings`).
 - ``gst:<pipeline ending in appsink>``: any GStreamer pipeline.
 
 ``csi://`` and ``gst:`` need OpenCV built with GStreamer (JetPack's system OpenCV); pip's wheels
