@@ -5,13 +5,14 @@ build, genicam:// parsing, raw pixel formats to BGR, and stream timestamps on fr
 from __future__ import annotations
 
 import glob
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from edge.core.errors import SourceError
+from edge.core.errors import MissingDependencyError, SourceError
 from edge.runtime.sources.base import RawFrame, Source
 from edge.runtime.sources.genicam import PIXEL_FORMATS, to_bgr
 from edge.runtime.sources.genicam_settings import parse_genicam_uri
@@ -215,3 +216,10 @@ def test_usb_setting_the_camera_does_not_honour_is_an_error() -> None:
     device = sorted(glob.glob("/dev/video*"))[0]
     with pytest.raises(SourceError, match="did not honour width=7"):
         open_source(f"v4l2://{device}?width=7&height=5").open()
+
+
+def test_genicam_without_the_binding_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gi", None)  # as on a machine without PyGObject
+    src = open_source("genicam://10.0.0.9?Width=640")  # parsing needs no binding
+    with pytest.raises(MissingDependencyError, match=r"gir1.2-aravis-0.8.*etr-edge\[genicam\]"):
+        src.open()
