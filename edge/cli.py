@@ -198,6 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         rotate=args.rotate,
         keep=args.keep,
         verify_key=Path(args.verify_key) if args.verify_key else None,
+        trigger_every_ms=args.trigger_every,
     )
     try:
         summary = run_bundle(args.bundle, cfg)
@@ -413,7 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         required=True,
         help="video file, image folder, synthetic:[?frames=N], usb:N, "
-        "v4l2:///dev/videoN, rtsp://..., csi://N, gst:PIPELINE",
+        "v4l2:///dev/videoN, rtsp://..., csi://N, genicam://[ID], gst:PIPELINE "
+        "(camera settings as URI options: see the README)",
+    )
+    r.add_argument(
+        "--trigger-every",
+        type=float,
+        metavar="MS",
+        help="fire the camera's software trigger every MS ms (genicam://...?trigger=software)",
     )
     r.add_argument("--tasks", help="comma-separated tasks to run every frame (default: all)")
     r.add_argument("--schedule", help="schedule file: one 'task: rule' per line (or JSON)")

@@ -299,7 +299,8 @@ class CaptureThread:
     def _loop(self) -> None:
         src, opts = self.source, self.source.options
         reconnect = src.is_live and opts.reconnect
-        timeout_ns = int(opts.read_timeout_s * 1e9)
+        stall_s = src.stall_timeout_s  # None: a triggered camera, silent between triggers
+        timeout_ns = int(stall_s * 1e9) if stall_s is not None else None
         delays = backoff_delays(opts.backoff_initial_s, opts.backoff_max_s)
         while not self._stop.is_set():
             try:
@@ -313,8 +314,8 @@ class CaptureThread:
             if frame is None:
                 if src.ended:
                     return
-                if src.is_live and time.monotonic_ns() - self._progress_ns > timeout_ns:
-                    reason = f"no frame for {opts.read_timeout_s:g} s"
+                if timeout_ns is not None and time.monotonic_ns() - self._progress_ns > timeout_ns:
+                    reason = f"no frame for {stall_s:g} s"
                     self._count("read_failures")
                     if not reconnect:
                         raise SourceError(f"{src!r}: {reason} and reconnect is off")

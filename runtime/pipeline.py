@@ -50,6 +50,10 @@ class FrameResult:
     source_index: int | None = None
     pending: dict[str, tuple[Decoder, np.ndarray]] = field(default_factory=dict, repr=False)
     """Raw outputs left undecoded by ``Pipeline.process(defer_decode=True)``: ``finish``."""
+    t_sensor_ns: int | None = None
+    """The camera's exposure time on the host clock, when the source maps its clock onto it."""
+    device: dict[str, Any] | None = None
+    """Camera facts for the results: ``t_device_ns``, ``clock`` and source counters."""
 
     def finish(self) -> FrameResult:
         """Decode the outputs ``process(defer_decode=True)`` left raw (a no-op when there are
@@ -71,7 +75,14 @@ class FrameResult:
 
     @property
     def latency_ns(self) -> int:
-        return self.t_result_ns - self.t_capture_ns
+        """Sensor -> result when the camera's time maps onto the host clock, else arrival ->
+        result (:attr:`latency_clock` says which)."""
+        start = self.t_capture_ns if self.t_sensor_ns is None else self.t_sensor_ns
+        return self.t_result_ns - start
+
+    @property
+    def latency_clock(self) -> str:
+        return "arrival" if self.t_sensor_ns is None else "sensor"
 
     def timings_ms(self) -> dict[str, float]:
         return {k: round(v / 1e6, 4) for k, v in self.timings_ns.items()}
@@ -188,6 +199,8 @@ class Pipeline:
         source_index: int | None = None,
         prepared: np.ndarray | None = None,
         defer_decode: bool = False,
+        t_sensor_ns: int | None = None,
+        device: dict[str, Any] | None = None,
     ) -> FrameResult:
         """Run the due tasks on one uint8 HxWx3 BGR frame. ``timings`` may carry earlier stages
         (capture, queue_wait) and is filled in place. ``prepared``: ``preprocess(image)``
@@ -214,6 +227,8 @@ class Pipeline:
             image=image,
             source_index=source_index,
             pending=pending,
+            t_sensor_ns=t_sensor_ns,
+            device=device,
         )
 
     def _prepare(

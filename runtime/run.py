@@ -64,7 +64,14 @@ from edge.runtime.sinks import (
     SinkWorker,
     TaskTally,
 )
-from edge.runtime.sources.base import Frame, Source, SourceOptions, redact_uri
+from edge.runtime.sources.base import (
+    Frame,
+    Source,
+    SourceOptions,
+    TriggerTimer,
+    device_facts,
+    redact_uri,
+)
 from edge.runtime.sources.uri import open_source
 
 GAP_POLL_S = 1.0
@@ -104,6 +111,8 @@ class RunConfig:
     keep: int = 5
     verify_key: Path | None = None
     """A public key (``edge keygen``): refuse a bundle whose signature it does not verify."""
+    trigger_every_ms: float | None = None
+    """Fire the source's software trigger this often (``genicam://...?trigger=software``)."""
 
     def __post_init__(self) -> None:
         if self.frames is not None and self.frames < 1:
@@ -119,6 +128,8 @@ class RunConfig:
         parse_rotate(self.rotate)
         if self.keep < 1:
             raise ConfigError(f"--keep {self.keep}: must be >= 1")
+        if self.trigger_every_ms is not None and not self.trigger_every_ms > 0:
+            raise ConfigError(f"--trigger-every {self.trigger_every_ms}: must be > 0 ms")
         for name in ("tasks", "every", "when"):
             v = getattr(self, name)
             if v is not None:
@@ -192,7 +203,16 @@ def run_bundle(
     )
     if source is None:
         source = open_source(cfg.source, options=cfg.source_options)
-    policy = cfg.policy or ("latest" if source.is_live else "fifo:4")
+    # triggered cameras: every triggered part is processed (fifo), overruns recorded per id
+    policy = cfg.policy or ("latest" if source.is_live and not source.triggered else "fifo:4")
+    trigger: Any = contextlib.nullcontext()
+    if cfg.trigger_every_ms is not None:
+        if not source.software_trigger:
+            raise ConfigError(
+                f"--trigger-every needs a source with a software trigger "
+                f"(genicam://...?trigger=software); {source!r} has none"
+            )
+        trigger = TriggerTimer(source, cfg.trigger_every_ms / 1000)
     with Pipeline(
         bundle,
         backend=cfg.backend,
@@ -225,7 +245,7 @@ def run_bundle(
             loop.header, loop.warnings = header, warnings
             # overlap: one core resizes the next frame while ONNX Runtime infers on the other
             threads = opencv_threads(1) if cfg.overlap else contextlib.nullcontext()
-            with _StopFlag() as flag, threads:
+            with _StopFlag() as flag, threads, trigger:
                 loop.flag = flag.event
                 summary = loop.run()
         finally:
@@ -504,6 +524,8 @@ class _Loop:
                     source_index=frame.source_index,
                     prepared=prepared,
                     defer_decode=self.worker is not None,
+                    t_sensor_ns=frame.t_sensor_ns,
+                    device=device_facts(frame),
                 )
                 if self.worker is not None:
                     self.worker.submit(self._sink, result)

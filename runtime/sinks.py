@@ -14,7 +14,11 @@ those parts were not inspected), ``{"event": "drop", "frame_ids": [...]}`` (late
 ``{"event": "gap", ...}`` (a live source stopped and was reopened), ``{"event": "unprocessed",
 ...}`` (frames taken from the capture queue when the run stopped). ``*_ns`` times are
 ``time.monotonic_ns``; the ISO times are UTC wall clock derived from them; ``latency_ms`` is
-capture -> results ready (the summary's ``e2e`` runs to the end of the sinks).
+capture -> results ready (the summary's ``e2e`` runs to the end of the sinks), measured from the
+sensor when the camera's clock maps onto the host's (``"latency_clock": "sensor"``), else from
+the frame's arrival (``"arrival"``). Cameras and streams that stamp frames add ``"device":
+{"t_device_ns", "clock", ...}`` (GenICam: the camera frame id, resent/missing packets and the
+incomplete frames skipped before this one).
 
 The annotated sink (:class:`AnnotatedSink`) is for people: each task's result as text, the mask
 tinted with its contour; an .mp4/.avi/.mkv path writes a video, any other path a folder of PNGs.
@@ -77,6 +81,8 @@ def frame_record(result: FrameResult, clock: WallClock) -> dict[str, Any]:
         "t_capture": clock.iso(result.t_capture_ns),
         "t_result": clock.iso(result.t_result_ns),
         "latency_ms": round(result.latency_ns / 1e6, 4),
+        "latency_clock": result.latency_clock,
+        **({"device": result.device} if result.device else {}),
         "tasks": {t: (NOT_RUN if r is None else r.to_json()) for t, r in result.results.items()},
         "timings_ms": result.timings_ms(),
     }

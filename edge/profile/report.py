@@ -57,7 +57,9 @@ KEYS: dict[str, str] = {
     "faster), throughput_ratio (> 1 is faster), speedup (baseline mean ÷ "
     "arm mean), stage_mean_ratio {stage: ratio}.",
     "pipeline": "With --source (else null): frames, warmup_frames, measure_s, stages "
-    "{stage: STATS}, e2e STATS (capture → result), throughput_fps, drops, source, "
+    "{stage: STATS}, e2e STATS (capture → result), e2e_clock (sensor: from the camera's "
+    "timestamp on the host clock; arrival: from the frame's arrival; mixed), throughput_fps, "
+    "drops, source, "
     "policy, stopped_by (frames, duration, end of the source, signal), "
     "capture (the capture thread's counters for the whole run, warm-up included: "
     "captured, delivered, dropped, overruns, queued, max_queued, "
@@ -211,7 +213,7 @@ def render_markdown(r: Mapping[str, Any]) -> str:
             f"{cap.get('delivered')}, dropped {cap.get('dropped')}, overruns "
             f"{cap.get('overruns')} (whole run, warm-up included).",
             "",
-            *stats_table(p["stages"], p["e2e"], "**capture → result**"),
+            *stats_table(p["stages"], p["e2e"], f"**{p.get('e2e_clock', 'arrival')} → result**"),
             "",
         ]
     out += [

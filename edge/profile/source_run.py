@@ -38,6 +38,7 @@ class PipelineRecorder:
         self.recorder, self.e2e = Recorder(), Series()
         self.ids: list[int] = []
         self.results_ns: list[int] = []
+        self.clocks: set[str] = set()
         self.seen = 0
         self.t_first: int | None = None
         self._pending: tuple[dict[str, int], int, int, int] | None = None
@@ -53,10 +54,11 @@ class PipelineRecorder:
             return
         self._pending = (
             result.timings_ns,
-            result.t_capture_ns,
+            result.t_result_ns - result.latency_ns,  # the sensor time when the camera gives it
             result.t_result_ns,
             result.frame_id,
         )
+        self.clocks.add(result.latency_clock)
         if self.t_measure is None:
             self.t_measure = result.t_result_ns
         n = len(self.e2e) + 1
@@ -97,6 +99,7 @@ class PipelineRecorder:
             "measure_s": round(span, 4),
             "stages": self.recorder.summary(),
             "e2e": self.e2e.summary(),
+            "e2e_clock": "mixed" if len(self.clocks) > 1 else next(iter(self.clocks), "arrival"),
             "throughput_fps": throughput_fps(n - 1, span),
             "drops": gaps,
         }

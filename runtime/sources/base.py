@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -30,7 +31,14 @@ class Frame:
     and may be read-only (the synthetic line shares its render): copy it before drawing on it.
     ``t_capture_ns`` is ``time.monotonic_ns()`` when the frame reached the app; ``source_index``
     is the file frame number / folder position / line index (None for cameras); ``meta`` holds
-    source extras (``path``, ``pass``, ``line_frame`` with the synthetic ground truth).
+    source extras (``path``, ``pass``, ``line_frame`` with the synthetic ground truth, ``genicam``
+    with the camera's frame id and packet counters).
+
+    Camera time, where the source gives one: ``t_device_ns`` is the device/stream timestamp in
+    the source's own clock, named by ``device_clock`` (see :data:`CLOCKS`); ``t_sensor_ns`` is
+    that instant on the host's ``time.monotonic_ns`` clock when the device clock maps onto it
+    (None otherwise). Latency then runs from ``t_sensor_ns`` ("sensor"), else from
+    ``t_capture_ns`` ("arrival"): :attr:`latency_start_ns`, :attr:`latency_clock`.
     """
 
     id: int
@@ -39,6 +47,31 @@ class Frame:
     source_index: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     t_queued_ns: int | None = None  # set by CaptureThread when the frame enters its buffer
+    t_device_ns: int | None = None
+    device_clock: str | None = None
+    t_sensor_ns: int | None = None
+
+    @property
+    def latency_clock(self) -> str:
+        """ "sensor" when the camera time maps onto the host clock, else "arrival"."""
+        return "arrival" if self.t_sensor_ns is None else "sensor"
+
+    @property
+    def latency_start_ns(self) -> int:
+        """Where latency starts, on the host's monotonic clock."""
+        return self.t_capture_ns if self.t_sensor_ns is None else self.t_sensor_ns
+
+
+CLOCKS = {
+    "genicam": "the camera's timestamp counter (ns on GigE Vision 2 / USB3 Vision); maps onto "
+    "the host clock only when it agrees with the host's wall clock within 1 s (PTP-synchronised "
+    "cameras, the Aravis fake camera)",
+    "v4l2": "the V4L2 buffer timestamp (CLOCK_MONOTONIC on Linux): maps onto the host clock",
+    "stream": "the file's / stream's presentation time (OpenCV CAP_PROP_POS_MSEC): no mapping",
+}
+"""``Frame.device_clock`` values and what they mean."""
+MAX_SENSOR_AGE_NS = 10_000_000_000
+"""A device time mapped onto the host clock must lie within this much before the arrival."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +119,10 @@ class RawFrame:
     image: np.ndarray
     source_index: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    t_device_ns: int | None = None
+    device_clock: str | None = None
+    t_sensor_ns: int | None = None
+    """The device time on the host's monotonic clock, when the source can map it."""
 
 
 def as_bgr(image: np.ndarray, *, where: str) -> np.ndarray:
@@ -136,6 +173,28 @@ class Source:
         """The frame rate the source runs at, when known (used to estimate frames missed)."""
         return self.options.fps or None
 
+    @property
+    def triggered(self) -> bool:
+        """True when frames come only on a trigger (then silence is normal, not a failure, and
+        the run's default policy is ``fifo`` so every triggered part is processed)."""
+        return False
+
+    @property
+    def stall_timeout_s(self) -> float | None:
+        """No frame for this long means the source failed (None: the source detects it)."""
+        return self.options.read_timeout_s if self.is_live and not self.triggered else None
+
+    @property
+    def software_trigger(self) -> bool:
+        """True when :meth:`fire_trigger` works (``genicam://...?trigger=software``)."""
+        return False
+
+    def fire_trigger(self) -> None:
+        """Fire one software trigger (an MQTT/HTTP handler or ``--trigger-every`` calls it)."""
+        raise SourceError(
+            f"{self._name()} has no software trigger: use genicam://...?trigger=software"
+        )
+
     def open(self) -> Source:
         """Open (or reopen after ``close()``); raises :class:`SourceError` if it cannot."""
         if self._is_open:
@@ -162,12 +221,18 @@ class Source:
         if raw is None:
             return None
         t_ns = time.monotonic_ns()
+        sensor = raw.t_sensor_ns
+        if sensor is not None and not 0 <= t_ns - sensor <= MAX_SENSOR_AGE_NS:
+            sensor = None  # not plausible on this clock: latency falls back to the arrival
         frame = Frame(
             id=self._next_id,
             image=as_bgr(raw.image, where=self._name()),
             t_capture_ns=t_ns,
             source_index=raw.source_index,
             meta=raw.meta,
+            t_device_ns=raw.t_device_ns,
+            device_clock=raw.device_clock,
+            t_sensor_ns=sensor,
         )
         self._next_id += 1
         self._frames_read += 1
@@ -223,6 +288,50 @@ class Source:
 
     def _name(self) -> str:
         return f"{self.kind} source {redact_uri(self.uri)!r}"
+
+
+def device_facts(frame: Frame) -> dict[str, Any] | None:
+    """The camera facts of a frame for its results line (None when the source has none):
+    ``t_device_ns``, ``clock`` and the source's per-frame counters (``meta["genicam"]``)."""
+    extra = frame.meta.get("genicam")
+    if frame.t_device_ns is None and not extra:
+        return None
+    return {"t_device_ns": frame.t_device_ns, "clock": frame.device_clock, **(extra or {})}
+
+
+class TriggerTimer:
+    """Fires ``source.fire_trigger()`` every ``period_s`` on a daemon thread while in ``with``.
+
+    A failed trigger (camera gone) is counted, not raised: the capture thread reports the gap.
+    """
+
+    def __init__(self, source: Source, period_s: float) -> None:
+        if not period_s > 0:
+            raise ConfigError(f"trigger period {period_s!r} s: must be > 0")
+        self.source, self.period_s = source, period_s
+        self.fired = self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edge-trigger", daemon=True)
+
+    def _run(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.wait(max(0.0, next_t - time.monotonic())):
+            next_t += self.period_s
+            if not self.source.is_open:
+                continue
+            try:
+                self.source.fire_trigger()
+                self.fired += 1
+            except Exception:
+                self.failed += 1
+
+    def __enter__(self) -> TriggerTimer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
 
 
 def redact_uri(uri: str) -> str:

@@ -99,7 +99,7 @@ class VideoFileSource(Source):
         self._pacer.wait()
         self._index += 1
         meta = {"pass": self._pass} if self.options.loop else {}
-        return RawFrame(image, self._index - 1, meta)
+        return RawFrame(image, self._index - 1, meta, *_stream_time(self._cap, "stream"))
 
     def _close_impl(self) -> None:
         if self._cap is not None:
@@ -295,10 +295,38 @@ class OpenCVCaptureSource(Source):
         self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # ignored by backends that do not support it
         w, h, fps = (self._cap.get(p) for p in (3, 4, 5))  # CAP_PROP_FRAME_WIDTH/HEIGHT/FPS
         self._actual = {"width": int(w) or None, "height": int(h) or None, "fps": fps or None}
+        if self.kind in ("usb", "v4l2"):
+            self._actual["fourcc"] = fourcc_text(self._cap.get(cv2.CAP_PROP_FOURCC))
+            self._check_honoured()
+
+    def _check_honoured(self) -> None:
+        """A setting the camera did not take is an error: name what it runs at instead."""
+        o, a = self.options, self._actual
+        wrong = [
+            f"{name}={want} (the camera runs at {a.get(name)})"
+            for name, want, ok in (
+                ("width", o.width, a["width"] == o.width),
+                ("height", o.height, a["height"] == o.height),
+                ("fps", o.fps, o.fps and a["fps"] and abs(a["fps"] - o.fps) <= 0.01 * o.fps),
+                ("fourcc", o.fourcc, a["fourcc"] == o.fourcc),
+            )
+            if want and not ok
+        ]
+        if wrong:
+            raise SourceError(
+                f"{self._name()} did not honour {', '.join(wrong)}. List what it supports with "
+                "v4l2-ctl --list-formats-ext -d DEVICE"
+            )
 
     def _read_impl(self) -> RawFrame | None:
         ok, image = self._cap.read()
-        return RawFrame(image) if ok and image is not None else None
+        if not ok or image is None:
+            return None
+        return RawFrame(image, None, {}, *_stream_time(self._cap, self._clock))
+
+    @property
+    def _clock(self) -> str:
+        return "v4l2" if self.api == cv2.CAP_V4L2 else "stream"
 
     def _close_impl(self) -> None:
         if self._cap is not None:
@@ -317,6 +345,22 @@ class OpenCVCaptureSource(Source):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def fourcc_text(value: float) -> str | None:
+    """OpenCV's CAP_PROP_FOURCC number -> its 4 characters (None when unset)."""
+    code = int(value)
+    return "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)) if code else None
+
+
+def _stream_time(cap: Any, clock: str) -> tuple[int | None, str | None, int | None]:
+    """(device ns, clock, the same instant on the host's monotonic clock or None) of the frame
+    just read: OpenCV's CAP_PROP_POS_MSEC, the V4L2 buffer time (CLOCK_MONOTONIC) on V4L2."""
+    ms = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
+    if not (ms > 0 and np.isfinite(ms)):
+        return None, None, None
+    ns = int(ms * 1e6)
+    return ns, clock, ns if clock == "v4l2" else None
 
 
 def _build_flag(name: str) -> str:

@@ -9,12 +9,17 @@
 - ``synthetic:?frames=N&seed=S&fps=F&width=W&height=H&live=0|1``: the demo line
   (:mod:`edge.data.demo_line`); endless unless ``frames``; ``fps=0`` means as fast as possible;
   ``live=1`` makes it behave as a free-running camera (the capture policy may drop/overrun).
-- ``usb:N`` / ``v4l2:///dev/videoN``: ``cv2.VideoCapture(.., cv2.CAP_V4L2)``, buffer size 1.
+- ``usb:N`` / ``v4l2:///dev/videoN``: ``cv2.VideoCapture(.., cv2.CAP_V4L2)``, buffer size 1;
+  ``?width=&height=&fps=&fourcc=`` are set and read back (not honoured: an error).
 - ``rtsp://...``: with a GStreamer-enabled OpenCV, :func:`rtsp_pipeline` (``rtspsrc latency=0
   drop-on-latency=true ... appsink drop=1 max-buffers=1 sync=false``); otherwise the FFmpeg backend
   with ``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp|fflags;nobuffer|flags;low_delay`` (set
   only when the user has not set it). ``describe()["backend"]`` says which one is in use.
-- ``csi://N``: Jetson CSI camera through :func:`csi_pipeline` (``nvarguscamerasrc sensor-id=N``).
+- ``csi://N``: Jetson CSI camera through :func:`csi_pipeline` (``nvarguscamerasrc sensor-id=N``),
+  Argus settings and a VIC crop from the query (:mod:`edge.runtime.sources.query` lists the keys;
+  ``rtsp://`` takes ``latency`` and ``transport`` the same way).
+- ``genicam://[DEVICE-ID]?...``: GigE Vision / USB3 Vision cameras through Aravis
+  (:mod:`edge.runtime.sources.genicam`; options in :mod:`edge.runtime.sources.genicam_settings`).
 - ``gst:<pipeline ending in appsink>``: any GStreamer pipeline.
 
 ``csi://`` and ``gst:`` need OpenCV built with GStreamer (JetPack's system OpenCV); pip's wheels
@@ -23,6 +28,7 @@ lack it and those URIs raise :class:`SourceError` saying so.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -37,6 +43,14 @@ from edge.core.errors import EdgeError, SourceError
 from edge.core.files import IMAGE_SUFFIXES
 from edge.data.demo_line import LineConfig
 from edge.runtime.sources.base import Source, SourceOptions, redact_uri
+from edge.runtime.sources.genicam import GenICamSource
+from edge.runtime.sources.query import (
+    crop_box,
+    csi_settings,
+    rtsp_settings,
+    split_query,
+    usb_settings,
+)
 from edge.runtime.sources.readers import (
     ImageFolderSource,
     OpenCVCaptureSource,
@@ -50,10 +64,12 @@ ACCEPTED_FORMS = (
     "path/to/video.mp4 or file:///abs/path/video.mp4 (video file)",
     "path/to/folder (images *.png *.jpg *.jpeg *.bmp; *_mask.png skipped)",
     "synthetic: or synthetic:?frames=N&seed=S&fps=F&width=W&height=H&live=0|1 (demo line)",
-    "usb:N (V4L2 camera index)",
-    "v4l2:///dev/videoN",
-    "rtsp://[user:pass@]host[:port]/path",
-    "csi://N (Jetson CSI camera; OpenCV with GStreamer)",
+    "usb:N or v4l2:///dev/videoN [?width=W&height=H&fps=F&fourcc=MJPG]",
+    "rtsp://[user:pass@]host[:port]/path [?latency=MS&transport=tcp|udp]",
+    "csi://N [?sensor-mode=M&width=W&height=H&fps=F&flip=0..7&exposure=LO-HI&gain=LO-HI"
+    "&wbmode=0..9&aelock=0|1&awblock=0|1&left=&right=&top=&bottom=] (Jetson; GStreamer)",
+    "genicam://[DEVICE-ID][?PixelFormat=&Width=&Height=&OffsetX=&OffsetY=&ExposureTime=&Gain="
+    "&AcquisitionFrameRate=&trigger=software|lineN&feature.NAME=VALUE] (GigE/USB3 Vision)",
     "gst:<GStreamer pipeline ending in appsink> (OpenCV with GStreamer)",
 )
 
@@ -103,6 +119,12 @@ def csi_pipeline(
     flip_method: int = 0,
     sensor_mode: int | None = None,
     leaky_queue: bool = True,
+    exposure_ns: tuple[int, int] | None = None,
+    gain: tuple[float, float] | None = None,
+    wbmode: int | None = None,
+    aelock: bool | None = None,
+    awblock: bool | None = None,
+    crop: tuple[int, int, int, int] | None = None,
 ) -> str:
     """GStreamer pipeline for a Jetson CSI camera (Argus ISP), downscaled on the VIC.
 
@@ -110,15 +132,30 @@ def csi_pipeline(
     memory; ``nvvidconv`` scales/flips in hardware; only ``videoconvert`` BGRx->BGR touches the
     CPU. A leaky queue after the source keeps Argus' internal queue from growing, and
     ``appsink drop=1 max-buffers=1 sync=false`` keeps only the newest frame.
+    Argus settings (nvarguscamerasrc properties): ``exposure_ns`` (exposuretimerange),
+    ``gain`` (gainrange), ``wbmode``, ``aelock``, ``awblock``; ``crop`` (left, right, top,
+    bottom of the capture) is done by nvvidconv on the VIC.
     """
     cw, ch = capture_width or width, capture_height or height
-    mode = f" sensor-mode={sensor_mode}" if sensor_mode is not None else ""
+    props = [f"sensor-id={sensor_id}"]
+    if sensor_mode is not None:
+        props.append(f"sensor-mode={sensor_mode}")
+    if exposure_ns is not None:
+        props.append(f'exposuretimerange="{exposure_ns[0]} {exposure_ns[1]}"')
+    if gain is not None:
+        props.append(f'gainrange="{gain[0]:g} {gain[1]:g}"')
+    if wbmode is not None:
+        props.append(f"wbmode={wbmode}")
+    for name, flag in (("aelock", aelock), ("awblock", awblock)):
+        if flag is not None:
+            props.append(f"{name}={str(flag).lower()}")
+    box = "" if crop is None else " left={} right={} top={} bottom={}".format(*crop)
     queue = " ! queue max-size-buffers=3 leaky=downstream" if leaky_queue else ""
     return (
-        f"nvarguscamerasrc sensor-id={sensor_id}{mode}"
+        f"nvarguscamerasrc {' '.join(props)}"
         f" ! video/x-raw(memory:NVMM),width={cw},height={ch},format=NV12,"
         f"framerate={_fps_fraction(fps)}{queue}"
-        f" ! nvvidconv flip-method={flip_method}"
+        f" ! nvvidconv flip-method={flip_method}{box}"
         f" ! video/x-raw,width={width},height={height},format=BGRx"
         f" ! videoconvert ! video/x-raw,format=BGR ! {APPSINK_LOW_LATENCY}"
     )
@@ -132,8 +169,9 @@ def rtsp_pipeline(
     jetson: bool = False,
     width: int | None = None,
     height: int | None = None,
+    transport: str = "tcp",
 ) -> str:
-    """Low-latency GStreamer pipeline for an RTSP camera.
+    """Low-latency GStreamer pipeline for an RTSP camera (``transport`` tcp or udp).
 
     ``codec`` None lets ``decodebin`` pick the decoder; "h264"/"h265" builds the explicit
     depay ! parse ! decoder chain (``nvv4l2decoder`` on a Jetson, ``avdec_*`` elsewhere). On a
@@ -143,6 +181,8 @@ def rtsp_pipeline(
         raise SourceError(
             f"RTSP URL {redact_uri(url)!r} contains quotes or spaces: URL-encode them"
         )
+    if transport not in ("tcp", "udp"):
+        raise SourceError(f"RTSP transport {transport!r}: expected 'tcp' or 'udp'")
     if codec is None:
         decode = "decodebin"
     elif codec in ("h264", "h265"):
@@ -156,8 +196,9 @@ def rtsp_pipeline(
     else:
         convert = "videoconvert" + (f" ! videoscale ! video/x-raw{size}" if size else "")
     return (
-        f'rtspsrc location="{url}" latency={latency_ms} drop-on-latency=true protocols=tcp'
-        f" ! {decode} ! {convert} ! video/x-raw,format=BGR ! {APPSINK_LOW_LATENCY}"
+        f'rtspsrc location="{url}" latency={latency_ms} drop-on-latency=true'
+        f" protocols={transport} ! {decode}"
+        f" ! {convert} ! video/x-raw,format=BGR ! {APPSINK_LOW_LATENCY}"
     )
 
 
@@ -267,9 +308,11 @@ def _gst_source(uri: str, kind: str, pipeline: str, options: SourceOptions) -> S
 
 def _camera_source(uri: str, scheme: str, rest: str, options: SourceOptions, gst: bool) -> Source:
     if scheme in ("usb", "v4l2"):
-        target: int | str = urlsplit(uri).path
+        bare, q = split_query(uri, "usb")
+        options = dataclasses.replace(options, **usb_settings(uri, q))
+        target: int | str = urlsplit(bare).path
         if scheme == "usb":
-            target = _int_param(uri, "usb camera index", rest, 0)
+            target = _int_param(uri, "usb camera index", rest.partition("?")[0], 0)
         elif not re.fullmatch(r"/dev/video\d+", str(target)):
             raise _bad_uri(uri, "expected v4l2:///dev/videoN")
         return OpenCVCaptureSource(
@@ -282,38 +325,39 @@ def _camera_source(uri: str, scheme: str, rest: str, options: SourceOptions, gst
             options=options,
         )
     if scheme in ("rtsp", "rtsps"):
-        if not urlsplit(uri).hostname:
+        url, q = split_query(uri, "rtsp")
+        rtsp = rtsp_settings(uri, q)
+        options = dataclasses.replace(
+            options, rtsp_latency_ms=rtsp.get("latency_ms", options.rtsp_latency_ms)
+        )
+        transport = rtsp.get("transport", "tcp")
+        if not urlsplit(url).hostname:
             raise _bad_uri(uri, "an RTSP URL needs a host: rtsp://host[:port]/path")
         if gst:
             pipeline = rtsp_pipeline(
-                uri,
+                url,
                 options.rtsp_latency_ms,
                 jetson=_is_jetson(),
                 width=options.width,
                 height=options.height,
+                transport=transport,
             )
             return _gst_source(uri, "rtsp", pipeline, options)
         ms = int(options.read_timeout_s * 1000)
+        ffmpeg = FFMPEG_RTSP_OPTIONS.replace("rtsp_transport;tcp", f"rtsp_transport;{transport}")
         return OpenCVCaptureSource(
             uri,
             kind="rtsp",
-            target=uri,
+            target=url,
             api=cv2.CAP_FFMPEG,
             backend="FFmpeg",
             params=(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms),
-            env={"OPENCV_FFMPEG_CAPTURE_OPTIONS": FFMPEG_RTSP_OPTIONS},
+            env={"OPENCV_FFMPEG_CAPTURE_OPTIONS": ffmpeg},
             hint=_HINTS["rtsp"],
             options=options,
         )
     if scheme == "csi":
-        m = re.fullmatch(r"//(\d+)", rest)
-        if not m:
-            raise _bad_uri(uri, "expected csi://N with N the sensor id")
-        if not gst:
-            raise _no_gstreamer(uri)
-        o = options
-        pipeline = csi_pipeline(int(m.group(1)), o.width or 1280, o.height or 720, o.fps or 30)
-        return _gst_source(uri, "csi", pipeline, options)
+        return _csi(uri, rest, options, gst)
     # gst:
     pipeline = rest.strip()
     last = pipeline.rsplit("!", 1)[-1].split()
@@ -322,6 +366,42 @@ def _camera_source(uri: str, scheme: str, rest: str, options: SourceOptions, gst
     if not gst:
         raise _no_gstreamer(uri)
     return _gst_source(uri, "gst", pipeline, options)
+
+
+def _csi(uri: str, rest: str, options: SourceOptions, gst: bool) -> Source:
+    _, q = split_query(uri, "csi")
+    m = re.fullmatch(r"//(\d*)", rest.partition("?")[0])
+    if not m:
+        raise _bad_uri(uri, "expected csi://N with N the sensor id (or csi://?sensor-id=N)")
+    sensor_id, c = csi_settings(uri, q)
+    if not m.group(1) and sensor_id is None:
+        raise _bad_uri(uri, "expected csi://N with N the sensor id (or csi://?sensor-id=N)")
+    if m.group(1) and sensor_id is not None and int(m.group(1)) != sensor_id:
+        raise _bad_uri(uri, f"sensor id {m.group(1)} and sensor-id={sensor_id} disagree")
+    sensor = int(m.group(1) or 0) if sensor_id is None else sensor_id
+    w, h = c.width or options.width or 1280, c.height or options.height or 720
+    crop = None
+    if any(v is not None for v in c.crop):
+        crop = crop_box(uri, c.crop, w, h)
+    if not gst:
+        raise _no_gstreamer(uri)
+    pipeline = csi_pipeline(
+        sensor,
+        w if crop is None else crop[1] - crop[0],
+        h if crop is None else crop[3] - crop[2],
+        c.fps or options.fps or 30,
+        capture_width=w,
+        capture_height=h,
+        flip_method=c.flip,
+        sensor_mode=c.sensor_mode,
+        exposure_ns=c.exposure_ns,
+        gain=c.gain,
+        wbmode=c.wbmode,
+        aelock=c.aelock,
+        awblock=c.awblock,
+        crop=crop,
+    )
+    return _gst_source(uri, "csi", pipeline, options)
 
 
 def open_source(
@@ -341,6 +421,8 @@ def open_source(
     scheme = scheme.lower() if sep else ""
     if scheme == "synthetic":
         return _synthetic(uri, rest, options)
+    if scheme == "genicam":
+        return GenICamSource(uri, options)
     if scheme in ("usb", "v4l2", "rtsp", "rtsps", "csi", "gst"):
         gst = opencv_has_gstreamer() if gstreamer is None else gstreamer
         return _camera_source(uri, scheme, rest, options, gst)
