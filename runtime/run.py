@@ -34,6 +34,8 @@ from edge.core.manifest import load_bundle
 from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread, parse_policy
 from edge.runtime.decode import decoders_from_manifest
+from edge.runtime.line import LineConfig
+from edge.runtime.line_sinks import open_line_sink
 from edge.runtime.pipeline import FrameResult, Pipeline, StageStats
 from edge.runtime.schedule import build_schedule, read_schedule_file
 from edge.runtime.sinks import (
@@ -79,6 +81,8 @@ class RunConfig:
     frame may wait). False: everything after capture in the calling thread."""
     source_options: SourceOptions = field(default_factory=SourceOptions)
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    line: LineConfig | None = None
+    """MQTT / OPC UA / metrics outputs (:mod:`edge.runtime.line_sinks`); None: none."""
 
     def __post_init__(self) -> None:
         if self.frames is not None and self.frames < 1:
@@ -163,9 +167,20 @@ def run_bundle(
         backend_options=cfg.backend_options,
     ) as pipeline:
         pipeline.warmup(cfg.warmup)
-        outputs: list[Sink] = []
-        jsonl = JsonlSink(cfg.out) if cfg.out is not None else None
+        # line outputs: options checked and servers started before any file is opened
+        line = open_line_sink(
+            cfg.line,
+            bundle=bundle,
+            decoders=decoders,
+            source=source,
+            describe=pipeline.describe(),
+            backend_options=cfg.backend_options,
+            tasks=pipeline.tasks,
+        )
+        outputs: list[Sink] = [line] if line is not None else []
+        jsonl = None
         try:
+            jsonl = JsonlSink(cfg.out) if cfg.out is not None else None
             if cfg.video is not None:
                 outputs.append(AnnotatedSink(cfg.video, source.nominal_fps or 30.0))
             outputs.extend(sinks)
@@ -448,6 +463,10 @@ class _Loop:
                 "summary": str(cfg.summary_path) if cfg.summary_path else None,
             },
         }
+        for s in self.outputs:  # a sink with counters of its own (the line sink)
+            report = getattr(s, "report", None)
+            if report is not None:
+                run["line"] = report()
         if error is not None:
             run["error"] = f"{type(error).__name__}: {error}"
         return RunSummary(
