@@ -66,6 +66,13 @@ TASK_VARS = {"Label": _STRING, "Score": _DOUBLE, "Value": _DOUBLE, "Frame": _UIN
 _ZERO = {_STRING: "", _DOUBLE: 0.0, _UINT: 0, _BOOL: False}
 
 
+def _ua() -> Any:
+    """``asyncua.ua`` (an optional extra: imported only when --opcua is used)."""
+    from asyncua import ua
+
+    return ua
+
+
 def parse_opcua_url(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     try:
@@ -114,16 +121,21 @@ class OpcuaStation:
 
     async def _main(self) -> None:
         # asyncua is an optional extra: imported only when --opcua is used
-        from asyncua import Server, ua
+        from asyncua import Server
         from asyncua.crypto.permission_rules import User, UserRole
         from asyncua.server.user_managers import UserManager
 
+        ua: Any = _ua()
         logging.getLogger("asyncua").setLevel(logging.ERROR)  # one line per client otherwise
         creds = self.credentials
 
         class _Users(UserManager):  # type: ignore[misc]
             def get_user(
-                self, iserver: Any, username: Any = None, password: Any = None, **kw: Any
+                self,
+                iserver: Any,
+                username: str | None = None,
+                password: str | None = None,
+                certificate: Any = None,
             ) -> Any:
                 if creds is not None and (username, password) == creds:
                     return User(role=UserRole.User, name=username)
@@ -169,15 +181,13 @@ class OpcuaStation:
             self._ready.set()
 
     async def _var(self, parent: Any, idx: int, nid: str, name: str, value: Any, vt: str) -> None:
-        from asyncua import ua  # optional extra, see _main
-
+        ua = _ua()
         vtype = getattr(ua.VariantType, vt)
         v = _ZERO[vt] if value is None else value
         self.nodes[nid] = await parent.add_variable(ua.NodeId(nid, idx), name, ua.Variant(v, vtype))
 
     async def _write(self, values: Mapping[str, tuple[Any, str]]) -> None:
-        from asyncua import ua  # optional extra, see _main
-
+        ua = _ua()
         for nid, (v, vt) in values.items():
             await self.nodes[nid].write_value(ua.Variant(v, getattr(ua.VariantType, vt)))
 

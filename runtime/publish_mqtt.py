@@ -22,12 +22,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from edge.core.errors import ConfigError, require
 from edge.runtime.line import SCHEMA_VERSION, LineConfig, RunHeader
-from edge.runtime.spool import Message, Spool
+from edge.runtime.spool import Spool
+
+if TYPE_CHECKING:
+    from edge.runtime.spool import Message
 
 STATUS_EVERY_S = 5.0
 

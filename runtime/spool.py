@@ -12,11 +12,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.core.errors import ConfigError
 
-Message = tuple[str, bytes, int, bool]
-"""(topic, payload, qos, retain)"""
+if TYPE_CHECKING:  # annotations only: tuple[...] is not subscriptable at run time on Python 3.8
+    Message = tuple[str, bytes, int, bool]
+    """(topic, payload, qos, retain)"""
 
 
 class Spool:
