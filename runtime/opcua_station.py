@@ -148,7 +148,10 @@ class OpcuaStation:
             srv.set_server_name(f"etr-edge {self.header.station}")
             srv.set_security_policy([ua.SecurityPolicyType.NoSecurity])
             if creds:
-                srv.set_identity_tokens([ua.UserNameIdentityToken])  # anonymous refused
+                if hasattr(srv, "set_identity_tokens"):  # asyncua >= 1.1.6: anonymous refused
+                    srv.set_identity_tokens([ua.UserNameIdentityToken])
+                else:  # asyncua 1.1.5, the last for Python 3.8
+                    srv.set_security_IDs(["Username"])
             idx = await srv.register_namespace(NAMESPACE)
             station = await srv.nodes.objects.add_object(ua.NodeId("Station", idx), "Station")
             h = self.header
