@@ -45,10 +45,12 @@ class LineConfig:
 
     ``mqtt``: ``mqtt[s]://[user:pass@]host[:port]/PREFIX``; ``mqtt_ca/cert/key``: TLS files;
     ``spool``: folder of the MQTT disk spool (default ``~/.cache/etr-edge/spool``), ``spool_max``
-    messages at most. ``opcua``: ``opc.tcp://HOST:PORT``; ``opcua_user``: ``user:password``
-    (anonymous clients are then refused). ``metrics``: ``HOST:PORT`` of /metrics and /healthz;
-    ``stall_s``: /healthz answers 503 when no frame came for this long. ``reject``: a condition
-    (schedule syntax, e.g. ``defect != ok``) that marks a frame rejected.
+    messages at most; ``mqtt_drain_s``: at the end, how long to wait for the broker's
+    acknowledgements (what is not acknowledged then stays in the spool for the next run).
+    ``opcua``: ``opc.tcp://HOST:PORT``; ``opcua_user``: ``user:password`` (anonymous clients
+    are then refused). ``metrics``: ``HOST:PORT`` of /metrics and /healthz; ``stall_s``:
+    /healthz answers 503 when no frame came for this long. ``reject``: a condition (schedule
+    syntax, e.g. ``defect != ok``) that marks a frame rejected.
     """
 
     station: str = "station"
@@ -60,6 +62,7 @@ class LineConfig:
     mqtt_key: Path | None = None
     spool: Path | None = None
     spool_max: int = 100_000
+    mqtt_drain_s: float = 10.0
     opcua: str | None = None
     opcua_user: str | None = None
     metrics: str | None = None

@@ -89,7 +89,6 @@ class MqttPublisher:
         header: RunHeader,
         *,
         window: int = 500,
-        drain_s: float = 10.0,
         status_every_s: float = STATUS_EVERY_S,
     ) -> None:
         assert cfg.mqtt is not None
@@ -100,7 +99,7 @@ class MqttPublisher:
                 raise ConfigError(f"--{name.replace('_', '-')} '{p}': no such file")
         # paho is an optional extra: imported only when --mqtt is used
         mqtt: Any = require("paho.mqtt.client", extra="mqtt", purpose="--mqtt")
-        self.header, self.window, self.drain_s = header, window, drain_s
+        self.header, self.window, self.drain_s = header, window, cfg.mqtt_drain_s
         self.status_every_s = status_every_s
         self.base = f"{target.prefix}/{header.station}/{header.camera}"
         self.topics = {k: f"{self.base}/{k}" for k in ("result", "reject", "status", "info")}
@@ -116,6 +115,8 @@ class MqttPublisher:
         self.counts = {"posted": 0, "published": 0, "acked": 0, "spooled": 0, "dropped": 0}
         self.counts.update({"connects": 0, "disconnects": 0, "rejects": 0})
         self._unacked = 0
+        self._inflight: dict[int, Message] = {}  # mid -> message, insertion (= send) order
+        self._early: set[int] = set()
         self._busy = False
         self.spool_left = 0
         self.error: BaseException | None = None
@@ -167,6 +168,8 @@ class MqttPublisher:
         with self._lock:
             self._unacked -= 1
             self.counts["acked"] += 1
+            if self._inflight.pop(mid, None) is None:
+                self._early.add(mid)  # acked before _publish recorded it
         self._wake.set()
 
     # -- producer side ------------------------------------------------------------------------
@@ -198,10 +201,21 @@ class MqttPublisher:
             d["reason"] = reason
         return json.dumps(d).encode()
 
-    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+    def _publish(
+        self, topic: str, payload: bytes, retain: bool = False, keep: bool = False
+    ) -> None:
+        """QoS 1 publish; ``keep``: remember the message until its PUBACK, so that one still
+        unacknowledged at close goes back to the spool. Never holds our lock inside paho
+        (paho calls on_publish holding its own)."""
         with self._lock:
             self._unacked += 1
-        self.client.publish(topic, payload, qos=1, retain=retain)
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if keep:
+            with self._lock:
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                else:
+                    self._inflight[info.mid] = (topic, payload, 1, retain)
 
     # -- publisher thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -215,8 +229,15 @@ class MqttPublisher:
         except BaseException as e:  # a broken spool must not stop the run's other outputs
             self.error = e
         finally:
-            self.spool_left = len(spool)
-            spool.close()
+            with self._lock:  # handed to paho, never acknowledged: back to disk, in order
+                left = list(self._inflight.values())
+                self._inflight.clear()
+            try:
+                spool.push_front(left)
+                self.counts["returned_to_spool"] = len(left)
+            finally:
+                self.spool_left = len(spool)
+                spool.close()
 
     def _room(self) -> int:
         """How many messages may go to paho now (0 while disconnected or resyncing)."""
@@ -241,14 +262,14 @@ class MqttPublisher:
             if len(spool):  # older messages wait on disk: send those first
                 rows = spool.peek(room) if room else []
                 for _, (t, p, _q, r) in rows:
-                    self._publish(t, p, r)
+                    self._publish(t, p, r, keep=True)
                 if rows:
                     spool.pop(rows[-1][0])
                     self.counts["published"] += len(rows)
                 room -= len(rows)
             direct = batch[:room] if not len(spool) else []
             for t, p, _q, r in direct:
-                self._publish(t, p, r)
+                self._publish(t, p, r, keep=True)
             self.counts["published"] += len(direct)
             rest = batch[len(direct) :]
             if rest:

@@ -61,6 +61,21 @@ class Spool:
             self._count += len(keep)
         return len(messages) - len(keep)
 
+    def push_front(self, messages: Sequence[Message]) -> None:
+        """Put messages back before every waiting one, in their order (they are older: handed
+        to the client, never acknowledged). Not bounded: they were counted once already."""
+        if not messages:
+            return
+        (low,) = self._db.execute("SELECT COALESCE(MIN(seq), 1) FROM spool").fetchone()
+        first = int(low) - len(messages)
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO spool (seq, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)",
+                [(first + i, t, p, q, int(r)) for i, (t, p, q, r) in enumerate(messages)],
+            )
+        self._count += len(messages)
+
     def peek(self, n: int) -> list[tuple[int, Message]]:
         """The oldest ``n`` messages with their sequence numbers."""
         rows = self._db.execute(

@@ -193,3 +193,47 @@ def test_bad_line_options_fail_before_any_output(tiny_bundle: Path, tmp_path: Pa
         assert not out.exists()
     with pytest.raises(ConfigError, match="--station"):
         LineConfig(station="a/b")
+
+
+def test_unacknowledged_at_the_end_go_back_to_the_spool(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The broker freezes (SIGSTOP: no PUBACKs, the connection looks alive) before the run ends:
+    what was handed to paho but never acknowledged is spooled and sent by the next run."""
+    from edge.runtime.spool import Spool
+
+    broker = Mosquitto(tmp_path / "broker").start()
+    sub = Subscriber(broker.port, "plant/l1/st1/cam/result")
+    cfg = line(broker.port, tmp_path, mqtt_drain_s=1.0)
+    box: dict[str, Any] = {}
+    run1 = threading.Thread(
+        target=lambda: box.update(
+            s=run_bundle(
+                tiny_bundle,
+                RunConfig(source="synthetic:?frames=60&fps=30", warmup=0, line=cfg),
+            )
+        )
+    )
+    assert broker.proc is not None
+    try:
+        run1.start()
+        assert sub.wait_for(lambda: len(sub.messages) >= 10, 20)
+        broker.proc.send_signal(signal.SIGSTOP)
+        run1.join(60)
+        first_run = box["s"].run["line"]["run_id"]
+        spool = Spool(tmp_path / "spool" / "st1-cam.sqlite", 100)
+        waiting = len(spool)
+        spool.close()
+        broker.proc.send_signal(signal.SIGCONT)
+        run_bundle(tiny_bundle, RunConfig(source="synthetic:?frames=2", warmup=0, line=cfg))
+        got = {r["frame"] for r in sub.json("result") if r["run"] == first_run}
+        assert sub.wait_for(
+            lambda: (
+                {r["frame"] for r in sub.json("result") if r["run"] == first_run} >= set(range(60))
+            ),
+            20,
+        ), sorted(got)
+    finally:
+        if broker.proc is not None:
+            broker.proc.send_signal(signal.SIGCONT)
+        sub.close()
+        broker.stop()
+    assert waiting > 0  # the frozen broker's share really went back to disk
