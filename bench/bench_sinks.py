@@ -30,7 +30,7 @@ import numpy as np
 from bench_pipeline import MemorySource
 
 from edge.data.demo_line import demo_config, render_frame
-from edge.runtime.line import LineConfig
+from edge.runtime.line import LineOutputsConfig
 from edge.runtime.run import RunConfig, run_bundle
 from edge.runtime.sources.base import RawFrame
 
@@ -69,7 +69,12 @@ class OutageSource(MemorySource):
 
 
 def one_run(
-    bundle: Path, frames: list[np.ndarray], n: int, out: Path, line: LineConfig | None, src: Any
+    bundle: Path,
+    frames: list[np.ndarray],
+    n: int,
+    out: Path,
+    line: LineOutputsConfig | None,
+    src: Any,
 ) -> Any:
     s = run_bundle(bundle, RunConfig(source="memory:", out=out, warmup=20, line=line), source=src)
     assert s.frames == n and s.stopped_by == "end", s
@@ -101,7 +106,7 @@ def main() -> None:
                 line = None
                 src: Any = MemorySource(frames, a.frames)
                 if arm != "jsonl":
-                    line = LineConfig(
+                    line = LineOutputsConfig(
                         station="bench",
                         camera="cam",
                         reject="defect != ok",

@@ -17,7 +17,7 @@ from edge import __version__
 from edge.core.errors import EdgeError
 
 if TYPE_CHECKING:
-    from edge.runtime.line import LineConfig
+    from edge.runtime.line import LineOutputsConfig
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -148,14 +148,14 @@ def _backend_options(args: argparse.Namespace) -> dict[str, object]:
 _MQTT_PATHS = ("mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_spool")
 
 
-def _line_config(args: argparse.Namespace) -> LineConfig | None:
-    """--mqtt / --opcua / --metrics and their options -> LineConfig (None when all are off)."""
-    from edge.runtime.line import LineConfig
+def _line_config(args: argparse.Namespace) -> LineOutputsConfig | None:
+    """--mqtt / --opcua / --metrics and their options; None when all are off."""
+    from edge.runtime.line import LineOutputsConfig
 
     if not (args.mqtt or args.opcua or args.metrics):
         return None
     path = {k: Path(getattr(args, k)) if getattr(args, k) else None for k in _MQTT_PATHS}
-    return LineConfig(
+    return LineOutputsConfig(
         station=args.station,
         camera=args.camera,
         reject=args.reject,

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge.core.errors import ConfigError
 from edge.core.files import sha256_file
@@ -40,7 +40,7 @@ _TOPIC_WORD = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass(frozen=True)
-class LineConfig:
+class LineOutputsConfig:
     """The station's line outputs (``edge run`` flags; each None = off).
 
     ``mqtt``: ``mqtt[s]://[user:pass@]host[:port]/PREFIX``; ``mqtt_ca/cert/key``: TLS files;
@@ -90,6 +90,27 @@ class LineConfig:
         return bool(self.mqtt or self.opcua or self.metrics)
 
 
+class LineOutput(Protocol):
+    """One line output (MQTT, OPC UA, metrics, or your own), fed by the line thread.
+
+    ``frame``: one frame's compact record (module doc), its stage times and the run's counters
+    so far (Frames, Rejects, Drops, Overruns, Gaps); ``event``: a runtime event (drop, overrun,
+    gap, ...) and the counters after it. Neither may block for long: the line thread feeds every
+    output in turn. ``report``: counters for the run summary; ``close``: flush and stop."""
+
+    name: str
+
+    def frame(
+        self, record: Mapping[str, Any], timings_ns: Mapping[str, int], counters: Mapping[str, int]
+    ) -> None: ...
+
+    def event(self, event: Mapping[str, Any], counters: Mapping[str, int]) -> None: ...
+
+    def report(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
 def camera_id(source: Source) -> str:
     """A topic-safe camera name from the source URI: ``usb:0`` -> ``usb_0``, ``synthetic:?fps=5``
     -> ``synthetic``, ``rtsp://u:p@10.0.0.5/s1`` -> ``rtsp_10.0.0.5_s1`` (credentials dropped)."""
@@ -132,7 +153,7 @@ class RunHeader:
 
 
 def run_header(
-    cfg: LineConfig,
+    cfg: LineOutputsConfig,
     bundle: Bundle,
     source: Source,
     describe: Mapping[str, Any],

@@ -1,6 +1,7 @@
 """The line outputs of one run behind the runtime's :class:`~edge.runtime.sinks.Sink` interface:
 :class:`LineSink` takes each frame and event off the caller in O(1) and, on its own thread,
-builds the compact record once and feeds MQTT, OPC UA and the metrics (whichever are on).
+builds the compact record once and feeds each :class:`~edge.runtime.line.LineOutput`: MQTT,
+OPC UA and the metrics (whichever are on; another output implements the same four members).
 
 ``open_line_sink(cfg, ...)`` checks every option and starts the servers (a bad flag or a busy
 port fails here, before the run opens any output); None when no line output is asked for.
@@ -11,12 +12,12 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from edge.core.manifest import Bundle
 from edge.runtime.decode import Decoder
-from edge.runtime.line import LineConfig, Recorder, reject_rule, run_header
+from edge.runtime.line import LineOutput, LineOutputsConfig, Recorder, reject_rule, run_header
 from edge.runtime.metrics_http import MetricsOut
 from edge.runtime.opcua_station import OpcuaStation
 from edge.runtime.pipeline import FrameResult
@@ -28,23 +29,18 @@ MAX_BACKLOG = 10_000
 
 
 class LineSink:
-    """A :class:`Sink`: ``write``/``event`` queue, the ``edge-line`` thread publishes."""
+    """A :class:`Sink`: ``write``/``event`` queue, the ``edge-line`` thread builds each frame's
+    record once and feeds every :class:`~edge.runtime.line.LineOutput` in turn."""
 
-    def __init__(
-        self,
-        recorder: Recorder,
-        mqtt: MqttPublisher | None,
-        opcua: OpcuaStation | None,
-        metrics: MetricsOut | None,
-    ) -> None:
-        self.recorder, self.mqtt, self.opcua, self.metrics = recorder, mqtt, opcua, metrics
+    def __init__(self, recorder: Recorder, outputs: Sequence[LineOutput]) -> None:
+        self.recorder, self.outputs = recorder, list(outputs)
         self.counters = {"Frames": 0, "Rejects": 0, "Drops": 0, "Overruns": 0, "Gaps": 0}
         self.backlog_dropped = 0
         self._q: collections.deque[tuple[str, Any]] = collections.deque()
         self._wake = threading.Event()
         self._stop = False
         self._queued = self._done = 0
-        self.error: BaseException | None = None
+        self.errors: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name="edge-line", daemon=True)
         self._thread.start()
 
@@ -74,10 +70,7 @@ class LineSink:
         while True:
             while self._q:
                 kind, item = self._q.popleft()
-                try:
-                    self._one(kind, item)
-                except Exception as e:  # one output's fault must not stop the others
-                    self.error = self.error or e
+                self._one(kind, item)
                 self._done += 1
             if self._stop:
                 return
@@ -86,31 +79,29 @@ class LineSink:
 
     def _one(self, kind: str, item: Any) -> None:
         c = self.counters
-        record = None
         if kind == "frame":
             record = self.recorder.record(item)
             c["Frames"] += 1
             c["Rejects"] += bool(record["reject"])
-            if self.mqtt is not None:
-                self.mqtt.post(record)
-            if self.metrics is not None:
-                self.metrics.frame(record, item.timings_ns)
+            self._each(lambda out: out.frame(record, item.timings_ns, c))
         else:
             key = {"drop": "Drops", "overrun": "Overruns", "gap": "Gaps"}.get(item.get("event"))
             if key is not None:
                 c[key] += 1 if key == "Gaps" else len(item.get("frame_ids", ()))
-            if self.metrics is not None:
-                self.metrics.event(item)
-        if self.opcua is not None:
-            self.opcua.update(c, record)
+            self._each(lambda out: out.event(item, c))
+
+    def _each(self, call: Callable[[LineOutput], None]) -> None:
+        for out in self.outputs:
+            try:
+                call(out)
+            except Exception as e:  # one output's fault must not stop the others
+                self.errors.setdefault(out.name, f"{type(e).__name__}: {e}")
 
     def report(self) -> dict[str, Any]:
         """Counters for the run summary (``run.line``), once what is queued went out (<= 5 s)."""
         deadline = time.monotonic() + 5.0
         while self._done < self._queued and time.monotonic() < deadline:
             time.sleep(0.005)
-        if self.mqtt is not None:
-            self.mqtt.settle(deadline)
         d: dict[str, Any] = {
             "run_id": self.recorder.header.run_id,
             "frames": self.counters["Frames"],
@@ -118,14 +109,13 @@ class LineSink:
         }
         if self.backlog_dropped:
             d["backlog_dropped"] = self.backlog_dropped
-        if self.mqtt is not None:
-            d["mqtt"] = self.mqtt.report()
-        if self.opcua is not None:
-            d["opcua"] = {"url": self.opcua.url, "skipped_updates": self.opcua.skipped}
-        if self.metrics is not None:
-            d["metrics"] = {"port": self.metrics.port}
-        if self.error is not None:
-            d["error"] = f"{type(self.error).__name__}: {self.error}"
+        for out in self.outputs:
+            settle = getattr(out, "settle", None)
+            if settle is not None:
+                settle(deadline)
+            d[out.name] = out.report()
+        if self.errors:
+            d["errors"] = dict(self.errors)
         return d
 
     def close(self) -> None:
@@ -133,13 +123,12 @@ class LineSink:
         self._stop = True
         self._wake.set()
         self._thread.join(30.0)
-        for out in (self.mqtt, self.opcua, self.metrics):
-            if out is not None:
-                out.close()
+        for out in self.outputs:
+            out.close()
 
 
 def open_line_sink(
-    cfg: LineConfig | None,
+    cfg: LineOutputsConfig | None,
     *,
     bundle: Bundle,
     decoders: Mapping[str, Decoder],
@@ -155,16 +144,16 @@ def open_line_sink(
     if cfg.mqtt is not None:
         parse_mqtt_url(cfg.mqtt)  # fail on a bad URL before starting any server
     header = run_header(cfg, bundle, source, describe, backend_options, tasks)
-    started: list[Any] = []
+    outputs: list[LineOutput] = []
     try:
-        metrics = MetricsOut(cfg.metrics, header, cfg.stall_s) if cfg.metrics else None
-        started.append(metrics)
-        opcua = OpcuaStation(cfg.opcua, header, cfg.opcua_user) if cfg.opcua else None
-        started.append(opcua)
-        mqtt = MqttPublisher(cfg, header) if cfg.mqtt else None
+        if cfg.metrics:
+            outputs.append(MetricsOut(cfg.metrics, header, cfg.stall_s))
+        if cfg.opcua:
+            outputs.append(OpcuaStation(cfg.opcua, header, cfg.opcua_user))
+        if cfg.mqtt:
+            outputs.append(MqttPublisher(cfg, header))
     except BaseException:
-        for s in started:
-            if s is not None:
-                s.close()
+        for out in outputs:
+            out.close()
         raise
-    return LineSink(Recorder(header, reject), mqtt, opcua, metrics)
+    return LineSink(Recorder(header, reject), outputs)

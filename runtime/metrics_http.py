@@ -43,6 +43,7 @@ class _Quiet(WSGIRequestHandler):
 
 
 class MetricsOut:
+    name = "metrics"
     """The registry, the HTTP server and the stall clock of one run."""
 
     def __init__(self, address: str, header: RunHeader, stall_s: float) -> None:
@@ -85,7 +86,9 @@ class MetricsOut:
         self._thread.start()
 
     # -- fed by the line thread ---------------------------------------------------------------
-    def frame(self, record: Mapping[str, Any], timings_ns: Mapping[str, int]) -> None:
+    def frame(
+        self, record: Mapping[str, Any], timings_ns: Mapping[str, int], counters: Mapping[str, int]
+    ) -> None:
         now = time.monotonic()
         self._last = now
         self._recent.append(now)
@@ -96,7 +99,7 @@ class MetricsOut:
             self.stages.labels(stage).observe(ns / 1e9)
         self.stages.labels("latency").observe(float(record["latency_ms"]) / 1e3)
 
-    def event(self, event: Mapping[str, Any]) -> None:
+    def event(self, event: Mapping[str, Any], counters: Mapping[str, int]) -> None:
         kind = event.get("event")
         n = len(event.get("frame_ids", ()))
         if kind == "drop":
@@ -133,6 +136,9 @@ class MetricsOut:
             return [body]
         start("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found: try /metrics or /healthz\n"]
+
+    def report(self) -> dict[str, Any]:
+        return {"port": self.port}
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -36,7 +36,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -87,6 +87,7 @@ def parse_opcua_url(url: str) -> tuple[str, int]:
 
 
 class OpcuaStation:
+    name = "opcua"
     """Start the server (``__init__`` returns once it listens); ``update`` from one thread."""
 
     def __init__(
@@ -230,8 +231,16 @@ class OpcuaStation:
             if wait > 0:
                 concurrent.futures.wait([self._pending], wait)
 
-    def tasks(self) -> Sequence[str]:
-        return self.header.tasks
+    def frame(
+        self, record: Mapping[str, Any], timings_ns: Mapping[str, int], counters: Mapping[str, int]
+    ) -> None:
+        self.update(counters, record)
+
+    def event(self, event: Mapping[str, Any], counters: Mapping[str, int]) -> None:
+        self.update(counters, None)
+
+    def report(self) -> dict[str, Any]:
+        return {"url": self.url, "skipped_updates": self.skipped}
 
     def close(self) -> None:
         self.flush(wait=2.0)

@@ -20,13 +20,14 @@ import os
 import ssl
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from edge.core.errors import ConfigError, require
-from edge.runtime.line import SCHEMA_VERSION, LineConfig, RunHeader
+from edge.runtime.line import SCHEMA_VERSION, LineOutputsConfig, RunHeader
 from edge.runtime.spool import Spool
 
 if TYPE_CHECKING:
@@ -79,13 +80,14 @@ def default_spool_dir() -> Path:
 
 
 class MqttPublisher:
+    name = "mqtt"
     """``post(record)`` per frame; ``close()`` delivers what waits (up to ``drain_s`` while the
     broker is connected; one second when it is away: the spool keeps the rest for the next run)
     and says offline."""
 
     def __init__(
         self,
-        cfg: LineConfig,
+        cfg: LineOutputsConfig,
         header: RunHeader,
         *,
         window: int = 500,
@@ -173,7 +175,12 @@ class MqttPublisher:
         self._wake.set()
 
     # -- producer side ------------------------------------------------------------------------
-    def post(self, record: dict[str, Any]) -> None:
+    def event(self, event: Mapping[str, Any], counters: Mapping[str, int]) -> None:
+        pass  # counters reach MQTT through the periodic status
+
+    def frame(
+        self, record: Mapping[str, Any], timings_ns: Mapping[str, int], counters: Mapping[str, int]
+    ) -> None:
         """Queue one frame's record (and its reject message); never blocks."""
         payload = json.dumps(record, separators=(",", ":")).encode()
         self._inbox.append((self.topics["result"], payload, 1, False))

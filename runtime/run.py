@@ -34,7 +34,7 @@ from edge.core.manifest import load_bundle
 from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread, parse_policy
 from edge.runtime.decode import decoders_from_manifest
-from edge.runtime.line import LineConfig
+from edge.runtime.line import LineOutputsConfig
 from edge.runtime.line_sinks import open_line_sink
 from edge.runtime.pipeline import FrameResult, Pipeline, StageStats
 from edge.runtime.schedule import build_schedule, read_schedule_file
@@ -81,7 +81,7 @@ class RunConfig:
     frame may wait). False: everything after capture in the calling thread."""
     source_options: SourceOptions = field(default_factory=SourceOptions)
     backend_options: Mapping[str, Any] = field(default_factory=dict)
-    line: LineConfig | None = None
+    line: LineOutputsConfig | None = None
     """MQTT / OPC UA / metrics outputs (:mod:`edge.runtime.line_sinks`); None: none."""
 
     def __post_init__(self) -> None:

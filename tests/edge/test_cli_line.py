@@ -1,11 +1,11 @@
-"""`edge run`'s line-output flags become one LineConfig (None when no output is asked for)."""
+"""`edge run`'s line-output flags become one LineOutputsConfig (None without outputs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from edge.cli import _line_config, build_parser
-from edge.runtime.line import LineConfig
+from edge.runtime.line import LineOutputsConfig
 
 
 def test_line_flags_to_config() -> None:
@@ -16,7 +16,7 @@ def test_line_flags_to_config() -> None:
     flags += " --opcua opc.tcp://0.0.0.0:4840 --opcua-user plc:pw --metrics 0.0.0.0:9108"
     flags += " --stall-seconds 2 --mqtt-spool /tmp/sp --mqtt-spool-max 7"
     args = p.parse_args([*base, *flags.split(), "--reject", "defect != ok"])
-    assert _line_config(args) == LineConfig(
+    assert _line_config(args) == LineOutputsConfig(
         station="st3",
         camera="cam1",
         reject="defect != ok",

@@ -20,7 +20,7 @@ import pytest
 from brokers import free_port
 
 from edge.core.files import sha256_file
-from edge.runtime.line import LineConfig
+from edge.runtime.line import LineOutputsConfig
 from edge.runtime.run import RunConfig, run_bundle
 from edge.runtime.sources.readers import RawFrame, SyntheticSource
 
@@ -40,7 +40,9 @@ class PausableLine(SyntheticSource):
 
 
 @contextmanager
-def live_run(bundle: Path, line: LineConfig) -> Iterator[tuple[PausableLine, dict[str, Any]]]:
+def live_run(
+    bundle: Path, line: LineOutputsConfig
+) -> Iterator[tuple[PausableLine, dict[str, Any]]]:
     """``edge run`` on a pausable live line in a thread until the block ends."""
     source, stop, box = PausableLine(), threading.Event(), {}
     cfg = RunConfig(source="synthetic:", warmup=0, line=line)
@@ -92,9 +94,10 @@ def test_metrics_scraped_during_a_run_and_healthz_503_on_stall(tiny_bundle: Path
     pytest.importorskip("prometheus_client", reason="pip install 'etr-edge[metrics]'")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    line = LineConfig(metrics=f"127.0.0.1:{port}", stall_s=0.5, reject="defect != ok")
+    line = LineOutputsConfig(metrics=f"127.0.0.1:{port}", stall_s=0.5, reject="defect != ok")
     with live_run(tiny_bundle, line) as (source, _):
-        until(lambda: get(base + "/healthz")[0] == 200)
+        until(lambda: sample(get(base + "/metrics")[1], "etr_frames_total") > 0)
+        assert get(base + "/healthz")[0] == 200
         _, first = get(base + "/metrics")
         time.sleep(0.5)
         code, text = get(base + "/metrics")
@@ -140,7 +143,7 @@ def test_opcua_client_reads_the_station_and_sees_it_change(tiny_bundle: Path) ->
     pytest.importorskip("asyncua", reason="pip install 'etr-edge[opcua]'")
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     url = f"opc.tcp://127.0.0.1:{free_port()}"
-    with live_run(tiny_bundle, LineConfig(opcua=url, station="st1", reject="defect != ok")):
+    with live_run(tiny_bundle, LineOutputsConfig(opcua=url, station="st1", reject="defect != ok")):
         first = until(lambda: (r := asyncio.run(read_station(url, NAMES)))["Station.Frames"] and r)
         time.sleep(1.5)
         later = asyncio.run(read_station(url, NAMES))
@@ -157,7 +160,7 @@ def test_opcua_with_a_user_refuses_wrong_and_anonymous_clients(tiny_bundle: Path
     pytest.importorskip("asyncua", reason="pip install 'etr-edge[opcua]'")
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
     url = f"opc.tcp://127.0.0.1:{free_port()}"
-    with live_run(tiny_bundle, LineConfig(opcua=url, opcua_user="plc:s3cret")):
+    with live_run(tiny_bundle, LineOutputsConfig(opcua=url, opcua_user="plc:s3cret")):
         got = until(lambda: asyncio.run(read_station(url, ["Station.Frames"], "plc:s3cret")))
         assert got["Station.Frames"] >= 0
         for who in ("plc:wrong", None):

@@ -18,7 +18,7 @@ from brokers import Mosquitto, Subscriber, free_port, mosquitto  # noqa: F401  (
 
 from edge.core.errors import ConfigError, ScheduleError
 from edge.core.files import sha256_file
-from edge.runtime.line import LineConfig
+from edge.runtime.line import LineOutputsConfig
 from edge.runtime.run import RunConfig, run_bundle
 
 pytest.importorskip("paho.mqtt.client", reason="paho-mqtt missing: pip install 'etr-edge[mqtt]'")
@@ -35,9 +35,11 @@ def first_seen(frames: list[int]) -> list[int]:
     return out
 
 
-def line(port: int, tmp_path: Path, **kw: Any) -> LineConfig:
+def line(port: int, tmp_path: Path, **kw: Any) -> LineOutputsConfig:
     kw.setdefault("spool", tmp_path / "spool")
-    return LineConfig(mqtt=f"mqtt://127.0.0.1:{port}/plant/l1", station="st1", camera="cam", **kw)
+    return LineOutputsConfig(
+        mqtt=f"mqtt://127.0.0.1:{port}/plant/l1", station="st1", camera="cam", **kw
+    )
 
 
 def test_results_in_order_with_info_status_and_rejects(
@@ -165,7 +167,7 @@ def test_tls_with_a_ca_made_here(tiny_bundle: Path, tmp_path: Path) -> None:
     try:
         assert broker.ca is not None
         sub = Subscriber(broker.port, "plant/l1/#", ca=broker.ca)
-        cfg = LineConfig(
+        cfg = LineOutputsConfig(
             mqtt=f"mqtts://127.0.0.1:{broker.port}/plant/l1",
             mqtt_ca=broker.ca,
             spool=tmp_path / "spool",
@@ -181,18 +183,22 @@ def test_tls_with_a_ca_made_here(tiny_bundle: Path, tmp_path: Path) -> None:
 def test_bad_line_options_fail_before_any_output(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
     bad = [
-        (LineConfig(mqtt="http://x/y"), ConfigError, "mqtt://"),
-        (LineConfig(mqtt="mqtt://127.0.0.1:1/"), ConfigError, "prefix"),
-        (LineConfig(mqtt="mqtt://127.0.0.1:1/p", reject="nosuch != ok"), ScheduleError, "--reject"),
-        (LineConfig(metrics="nohost"), ConfigError, "HOST:PORT"),
-        (LineConfig(opcua="tcp://x"), ConfigError, "opc.tcp://"),
+        (LineOutputsConfig(mqtt="http://x/y"), ConfigError, "mqtt://"),
+        (LineOutputsConfig(mqtt="mqtt://127.0.0.1:1/"), ConfigError, "prefix"),
+        (
+            LineOutputsConfig(mqtt="mqtt://127.0.0.1:1/p", reject="nosuch != ok"),
+            ScheduleError,
+            "--reject",
+        ),
+        (LineOutputsConfig(metrics="nohost"), ConfigError, "HOST:PORT"),
+        (LineOutputsConfig(opcua="tcp://x"), ConfigError, "opc.tcp://"),
     ]
     for cfg, err, text in bad:
         with pytest.raises(err, match=text):
             run_bundle(tiny_bundle, RunConfig(source="synthetic:?frames=2", out=out, line=cfg))
         assert not out.exists()
     with pytest.raises(ConfigError, match="--station"):
-        LineConfig(station="a/b")
+        LineOutputsConfig(station="a/b")
 
 
 def test_unacknowledged_at_the_end_go_back_to_the_spool(tiny_bundle: Path, tmp_path: Path) -> None:
