@@ -6,6 +6,10 @@ with the MQTT broker down for the middle third of the run (stopped when a third 
 were read, restarted at two thirds), with zero results lost: a subscriber with a persistent
 session counts each frame's result (by the record's ``msg``) after the run.
 
+CPU time per frame (this process + the broker, 10 % to 90 % of each run) is reported too: on
+a shared, loaded machine frames/s swing with other load, CPU per frame much less; on a
+CPU-bound box the fps ratio approaches the CPU ratio.
+
 Arms per round (their order rotates from round to round; ratios are paired per round):
 - jsonl: ``--out`` only;
 - all on: ``--out`` + ``--mqtt`` (real mosquitto on 127.0.0.1) + ``--opcua`` + ``--metrics``;
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import statistics
 import tempfile
 import threading
@@ -50,13 +55,44 @@ brokers = _load_brokers()
 Mosquitto, Subscriber, free_port = brokers.Mosquitto, brokers.Subscriber, brokers.free_port
 
 
-class OutageSource(MemorySource):
-    """MemorySource that stops the broker at 1/3 of the frames and restarts it at 2/3 (on a
-    helper thread, so capture never waits for the broker process)."""
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) this process used, or process ``pid`` (the broker)."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ProbeSource(MemorySource):
+    """MemorySource that samples CPU time (this process + the broker) at 10 % and 90 % of the
+    frames: CPU per frame in the steady state, without the servers' start-up, and much less
+    sensitive to other load on a shared machine than frames/s."""
 
     def __init__(self, frames: list[np.ndarray], count: int, broker: Any) -> None:
         super().__init__(frames, count)
         self.broker = broker
+        self.marks: list[tuple[int, float]] = []
+
+    def _read_impl(self) -> RawFrame | None:
+        if self.i in (self.count // 10, 9 * self.count // 10):
+            pid = self.broker.proc.pid if self.broker.proc is not None else None
+            self.marks.append((self.i, cpu_s(None) + (cpu_s(pid) if pid else 0.0)))
+        return super()._read_impl()
+
+    def cpu_ms_per_frame(self) -> float:
+        (i0, c0), (i1, c1) = self.marks
+        return 1e3 * (c1 - c0) / (i1 - i0)
+
+
+class OutageSource(ProbeSource):
+    """Also stops the broker at 1/3 of the frames and restarts it at 2/3 (on a helper thread,
+    so capture never waits for the broker process)."""
+
+    def __init__(self, frames: list[np.ndarray], count: int, broker: Any) -> None:
+        super().__init__(frames, count, broker)
         self.helpers: list[threading.Thread] = []
 
     def _read_impl(self) -> RawFrame | None:
@@ -76,7 +112,14 @@ def one_run(
     line: LineOutputsConfig | None,
     src: Any,
 ) -> Any:
-    s = run_bundle(bundle, RunConfig(source="memory:", out=out, warmup=20, line=line), source=src)
+    cfg = RunConfig(
+        source="memory:",
+        out=out,
+        warmup=20,
+        line=line,
+        backend_options={"intra_op_threads": 1},  # as the other benches: no spinning pool
+    )
+    s = run_bundle(bundle, cfg, source=src)
     assert s.frames == n and s.stopped_by == "end", s
     return s
 
@@ -95,6 +138,7 @@ def main() -> None:
     broker = Mosquitto(work / "broker", persistent=True).start()
     sub = Subscriber(broker.port, "bench/#", persistent=True)
     fps: dict[str, list[float]] = {"jsonl": [], "all on": [], "broker down 1/3": []}
+    cpu: dict[str, list[float]] = {k: [] for k in fps}
     lost: list[int] = []
     spooled: list[int] = []
     lag: list[float] = []
@@ -104,7 +148,7 @@ def main() -> None:
             for arm in arms[r % 3 :] + arms[: r % 3]:  # rotated: no arm always runs first
                 out = work / f"r{r}-{arm.replace(' ', '_').replace('/', '')}.jsonl"
                 line = None
-                src: Any = MemorySource(frames, a.frames)
+                src: Any = ProbeSource(frames, a.frames, broker)
                 if arm != "jsonl":
                     line = LineOutputsConfig(
                         station="bench",
@@ -120,6 +164,7 @@ def main() -> None:
                 s = one_run(bundle, frames, a.frames, out, line, src)
                 t_end = time.monotonic()
                 fps[arm].append(s.fps)
+                cpu[arm].append(src.cpu_ms_per_frame())
                 if arm == "broker down 1/3":
                     for t in src.helpers:
                         t.join(10)
@@ -133,7 +178,10 @@ def main() -> None:
                     lag.append(time.monotonic() - t_end)
                     lost.append(len(want - got()))
                     spooled.append(s.run["line"]["mqtt"]["spooled"])
-            print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} fps" for k, v in fps.items()))
+            print(
+                f"round {r}: "
+                + ", ".join(f"{k} {v[-1]:.1f} fps {cpu[k][-1]:.2f} ms cpu" for k, v in fps.items())
+            )
     finally:
         sub.close()
         broker.stop()
@@ -145,6 +193,13 @@ def main() -> None:
             f"{k:>16}: median {statistics.median(v):7.1f} frames/s; per round ÷ jsonl "
             f"{[round(x, 3) for x in ratios]}, median {statistics.median(ratios):.3f}"
             + ("" if k == "jsonl" else " (target >= 0.95)")
+        )
+    print("\nCPU per frame, steady state (this process + the broker; 10 % to 90 % of the run):")
+    for k, v in cpu.items():
+        ratios = [b / x for x, b in zip(v, cpu["jsonl"])]
+        print(
+            f"{k:>16}: median {statistics.median(v):.3f} ms; jsonl ÷ this per round "
+            f"{[round(x, 3) for x in ratios]}, median {statistics.median(ratios):.3f}"
         )
     print(
         f"\nbroker down for the middle third: results lost per round {lost} (target 0), "

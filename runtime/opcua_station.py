@@ -26,8 +26,9 @@ Task.<t>.Frame        UInt64    frame of the task's last result (tasks may skip 
 ====================  ========  ===========================================================
 
 The server runs its own asyncio loop on a thread. The line thread keeps the newest values and
-hands them to that loop with ``run_coroutine_threadsafe`` when the previous hand-over is done
-(never waiting: a slow client costs intermediate values, never inference time).
+hands them to that loop with ``run_coroutine_threadsafe`` at most 10 times a second, when the
+previous hand-over is done (never waiting: a slow client costs intermediate values, never
+inference time); the loop's 1 s heartbeat also writes what is left.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -105,6 +107,9 @@ class OpcuaStation:
         self._stop: asyncio.Event | None = None
         self._pending: concurrent.futures.Future[None] | None = None
         self._values: dict[str, tuple[Any, str]] = {}
+        self._lock = threading.Lock()  # _values: merged by the line thread, taken by either
+        self._last_handover = 0.0
+        self.min_interval_s = 0.1
         self.skipped = 0
         self._thread = threading.Thread(target=self._run, name="edge-opcua", daemon=True)
         self._thread.start()
@@ -179,7 +184,7 @@ class OpcuaStation:
                         await asyncio.wait_for(self._stop.wait(), 1.0)
                     except asyncio.TimeoutError:
                         beat += 1
-                        await self._write({"Station.Heartbeat": (beat, _UINT)})
+                        await self._write({**self._take(), "Station.Heartbeat": (beat, _UINT)})
         except BaseException as e:
             self.error = e
             self._ready.set()
@@ -198,7 +203,14 @@ class OpcuaStation:
     # -- fed by the line thread ---------------------------------------------------------------
     def update(self, counters: Mapping[str, int], record: Mapping[str, Any] | None) -> None:
         """Newest counters (Frames, Rejects, Drops, Overruns, Gaps) and, for a frame, its record;
-        handed to the server loop when the previous hand-over finished (never waits)."""
+        handed to the server loop at most every ``min_interval_s`` and only when the previous
+        hand-over finished (never waits; the server's 1 s tick writes what is left)."""
+        with self._lock:
+            self._merge(counters, record)
+        if time.monotonic() - self._last_handover >= self.min_interval_s:
+            self.flush()
+
+    def _merge(self, counters: Mapping[str, int], record: Mapping[str, Any] | None) -> None:
         vals = self._values
         for k, n in counters.items():
             vals[f"Station.{k}"] = (int(n), _UINT)
@@ -215,7 +227,11 @@ class OpcuaStation:
                     vals[f"Task.{task}.Score"] = (float(d["score"]), _DOUBLE)
                 if "value" in d:
                     vals[f"Task.{task}.Value"] = (float(d["value"]), _DOUBLE)
-        self.flush()
+
+    def _take(self) -> dict[str, tuple[Any, str]]:
+        with self._lock:
+            batch, self._values = self._values, {}
+        return batch
 
     def flush(self, wait: float = 0.0) -> None:
         """Hand the newest values to the loop unless a hand-over is still running; ``wait`` > 0
@@ -226,8 +242,8 @@ class OpcuaStation:
                 return
             concurrent.futures.wait([self._pending], wait)
         if self._values and self._thread.is_alive():
-            batch, self._values = self._values, {}
-            self._pending = asyncio.run_coroutine_threadsafe(self._write(batch), self.loop)
+            self._last_handover = time.monotonic()
+            self._pending = asyncio.run_coroutine_threadsafe(self._write(self._take()), self.loop)
             if wait > 0:
                 concurrent.futures.wait([self._pending], wait)
 
