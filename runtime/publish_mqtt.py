@@ -81,9 +81,9 @@ def default_spool_dir() -> Path:
 
 class MqttPublisher:
     name = "mqtt"
-    """``post(record)`` per frame; ``close()`` delivers what waits (up to ``drain_s`` while the
-    broker is connected; one second when it is away: the spool keeps the rest for the next run)
-    and says offline."""
+    """``frame(record, ...)`` per frame; ``close()`` delivers what waits (up to
+    ``mqtt_drain_s``, also waiting for a broker that is away to come back; the spool keeps the
+    rest for the next run) and says offline."""
 
     def __init__(
         self,
@@ -139,7 +139,7 @@ class MqttPublisher:
             )
         c.will_set(self.topics["status"], self._status("offline", "lost"), qos=1, retain=True)
         c.max_inflight_messages_set(min(window, 200))
-        c.reconnect_delay_set(0.2, 2)
+        c.reconnect_delay_set(0.2, 1)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -259,7 +259,6 @@ class MqttPublisher:
     def _loop(self, spool: Spool) -> None:
         next_status = time.monotonic() + self.status_every_s
         deadline: float | None = None
-        offline_since: float | None = None
         while True:
             batch: list[Message] = []
             self._busy = True
@@ -291,13 +290,10 @@ class MqttPublisher:
                 next_status = now + self.status_every_s
             if self._stop.is_set():
                 deadline = deadline or now + self.drain_s
-                offline_since = now if self._connected.is_set() else offline_since or now
                 with self._lock:
                     idle = self._unacked == 0
                 if (idle and not self._inbox and not len(spool)) or now >= deadline:
-                    return
-                if now - offline_since > 1.0:  # the broker is away: the spool keeps the rest
-                    return
+                    return  # at the deadline the spool keeps the rest for the next run
             self._wake.wait(0.05)
             self._wake.clear()
 

@@ -115,7 +115,11 @@ def test_spool_bound_counts_drops_and_keeps_the_rest_for_later(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:
     port = free_port()  # nothing listens: every message goes to the spool
-    cfg = RunConfig(source="synthetic:?frames=20", warmup=0, line=line(port, tmp_path, spool_max=5))
+    cfg = RunConfig(
+        source="synthetic:?frames=20",
+        warmup=0,
+        line=line(port, tmp_path, spool_max=5, mqtt_drain_s=0.5),
+    )
     s = run_bundle(tiny_bundle, cfg)
     m = s.run["line"]["mqtt"]
     assert (m["posted"], m["spooled"], m["dropped"], m["spool_waiting"]) == (20, 5, 15, 5)
