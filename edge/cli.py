@@ -14,6 +14,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge import __version__
 from edge.core.errors import EdgeError
@@ -22,6 +23,9 @@ from edge.core.trt_version import PRECISIONS
 
 _DISK_ERRNOS = NO_SPACE_ERRNOS | {errno.EROFS}
 """A full or read-only disk is the user's to fix: one line, exit 2, wherever it surfaces."""
+
+if TYPE_CHECKING:
+    from edge.runtime.line import LineOutputsConfig
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -175,6 +179,33 @@ def _backend_options(args: argparse.Namespace) -> dict[str, object]:
     return opts
 
 
+_MQTT_PATHS = ("mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_spool")
+
+
+def _line_config(args: argparse.Namespace) -> LineOutputsConfig | None:
+    """--mqtt / --opcua / --metrics and their options; None when all are off."""
+    from edge.runtime.line import LineOutputsConfig
+
+    if not (args.mqtt or args.opcua or args.metrics):
+        return None
+    path = {k: Path(getattr(args, k)) if getattr(args, k) else None for k in _MQTT_PATHS}
+    return LineOutputsConfig(
+        station=args.station,
+        camera=args.camera,
+        reject=args.reject,
+        mqtt=args.mqtt,
+        mqtt_ca=path["mqtt_ca"],
+        mqtt_cert=path["mqtt_cert"],
+        mqtt_key=path["mqtt_key"],
+        spool=path["mqtt_spool"],
+        spool_max=args.mqtt_spool_max,
+        opcua=args.opcua,
+        opcua_user=args.opcua_user,
+        metrics=args.metrics,
+        stall_s=args.stall_seconds,
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.runtime.run import RunConfig, run_bundle
 
@@ -199,6 +230,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         keep=args.keep,
         verify_key=Path(args.verify_key) if args.verify_key else None,
         trigger_every_ms=args.trigger_every,
+        line=_line_config(args),
     )
     try:
         summary = run_bundle(args.bundle, cfg)
@@ -460,6 +492,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-overlap",
         action="store_true",
         help="do not overlap preprocessing/sinks with inference",
+    )
+    o = r.add_argument_group("line outputs (MQTT, OPC UA, Prometheus)")
+    o.add_argument("--mqtt", metavar="URL", help="mqtt[s]://[user:pass@]host[:port]/PREFIX")
+    o.add_argument("--mqtt-ca", help="mqtts: CA certificate (PEM) that signed the broker's")
+    o.add_argument("--mqtt-cert", help="mqtts: client certificate (PEM), with --mqtt-key")
+    o.add_argument("--mqtt-key", help="mqtts: client private key (PEM)")
+    o.add_argument("--mqtt-spool", help="spool folder (default ~/.cache/etr-edge/spool)")
+    o.add_argument("--mqtt-spool-max", type=int, default=100_000, help="spooled messages at most")
+    o.add_argument("--station", default="station", help="station name in topics and OPC UA")
+    o.add_argument("--camera", help="camera id in topics (default: from --source)")
+    o.add_argument("--reject", metavar="COND", help="reject rule, e.g. 'defect != ok'")
+    o.add_argument("--opcua", metavar="URL", help="serve OPC UA at opc.tcp://HOST:PORT")
+    o.add_argument("--opcua-user", metavar="USER:PASS", help="OPC UA login (anonymous refused)")
+    o.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics and /healthz")
+    o.add_argument(
+        "--stall-seconds", type=float, default=5.0, help="/healthz 503 after no frame for S"
     )
     r.set_defaults(func=_cmd_run)
 

@@ -45,6 +45,8 @@ from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread, parse_policy
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.latency import StageStats
+from edge.runtime.line import LineOutputsConfig
+from edge.runtime.line_sinks import open_line_sink
 from edge.runtime.outputs import (
     OutputError,
     OutputLock,
@@ -113,6 +115,8 @@ class RunConfig:
     """A public key (``edge keygen``): refuse a bundle whose signature it does not verify."""
     trigger_every_ms: float | None = None
     """Fire the source's software trigger this often (``genicam://...?trigger=software``)."""
+    line: LineOutputsConfig | None = None
+    """MQTT / OPC UA / metrics outputs (:mod:`edge.runtime.line_sinks`); None: none."""
 
     def __post_init__(self) -> None:
         if self.frames is not None and self.frames < 1:
@@ -233,6 +237,18 @@ def run_bundle(
             ]
             if not source.is_open:
                 source.open()  # nothing is opened for writing before the source is open
+            # line outputs: options checked and servers started before any file is opened
+            line = open_line_sink(
+                cfg.line,
+                bundle=bundle,
+                decoders=decoders,
+                source=source,
+                describe=pipeline.describe(),
+                backend_options=cfg.backend_options,
+                tasks=pipeline.tasks,
+            )
+            if line is not None:
+                outputs.append(line)
             if cfg.out is not None:
                 jsonl = JsonlSink(
                     cfg.out, header=header, rotate=parse_rotate(cfg.rotate), keep=cfg.keep
@@ -621,6 +637,10 @@ class _Loop:
         run["precision"] = self.header.get("precision")
         if self.jsonl is not None:
             run["outputs"]["jsonl_lines"] = self.jsonl.lines
+        for s in self.outputs:  # a sink with counters of its own (the line sink)
+            report = getattr(s, "report", None)
+            if report is not None:
+                run["line"] = report()
         if error is not None:
             run["error"] = f"{type(error).__name__}: {error}"
         warnings = self.warnings + self.output_errors
