@@ -190,7 +190,7 @@ class TritonOptions:
     """``server``: the HTTP endpoint (``http://host:8000``); ``prefix``: the model names'
     prefix given to edge export-triton; ``timeout_s``: connection and request timeout."""
 
-    server: str
+    server: str = ""
     prefix: str = DEFAULT_PREFIX
     timeout_s: float = 30.0
 
