@@ -131,9 +131,12 @@ def _part_io(bundle: Bundle, part: str, mbs: int, fixed: int) -> tuple[list[Tens
     outputs = [
         known.get(t.name) or Tensor(t.name, t.dtype, _dims(t.shape, mbs, fixed)) for t in outs
     ]
-    for t in outputs:
-        if t.dtype not in TRITON_DTYPES:
-            raise BundleError(f"{bundle.root}: output '{t.name}' of '{part}' has dtype {t.dtype}")
+    for o in outputs:
+        if o.dtype not in TRITON_DTYPES:
+            raise BundleError(
+                f"{bundle.root}: output '{o.name}' of '{part}' has dtype {o.dtype}, which "
+                f"Triton cannot carry (one of {sorted(TRITON_DTYPES)}); re-run edge convert"
+            )
     return [known[t.name] for t in ins], outputs
 
 

@@ -29,6 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from edge.core.errors import MissingDependencyError
 from edge.runtime.backends.triton import TritonError
@@ -38,7 +39,9 @@ VENV_ENV = "EDGE_TRITON_VENV"
 
 _PROBE = (
     "import json, sys, sysconfig; print(json.dumps({'purelib': sysconfig.get_paths()['purelib'], "
-    "'libdir': sysconfig.get_config_var('LIBDIR'), 'version': '%d.%d' % sys.version_info[:2]}))"
+    "'libdir': sysconfig.get_config_var('LIBDIR'), "
+    "'shared': bool(sysconfig.get_config_var('Py_ENABLE_SHARED')), "
+    "'version': '%d.%d' % sys.version_info[:2]}))"
 )
 
 
@@ -48,7 +51,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _layout(venv: Path) -> dict[str, str]:
+def _layout(venv: Path) -> dict[str, Any]:
     python = venv / "bin" / "python"
     if not python.is_file():
         raise MissingDependencyError(
@@ -65,6 +68,12 @@ def _layout(venv: Path) -> dict[str, str]:
         raise MissingDependencyError(
             f"{venv} has no nvidia-pytriton (no {dist}/bin/tritonserver); install it with: "
             f"{venv}/bin/pip install nvidia-pytriton 'numpy<2' onnxruntime"
+        )
+    if not info["shared"]:
+        raise MissingDependencyError(
+            f"the Python of {venv} has no shared libpython, which the Python backend's stub "
+            "loads; make the venv with a Python built with --enable-shared (pyenv: "
+            "PYTHON_CONFIGURE_OPTS=--enable-shared; Debian/Ubuntu: python3 plus libpython3.X)"
         )
     return {**info, "dist": str(dist), "libs": str(Path(info["purelib"]) / "nvidia_pytriton.libs")}
 
