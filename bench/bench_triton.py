@@ -182,6 +182,11 @@ def main() -> None:
                     f"  {n}      {key:36s} {r['fps']:8.1f} ({r['fps'] / base:4.2f}x)"
                     f"  {r['p50_ms']:6.2f}  {r['p99_ms']:7.2f}"
                 )
+        client = TritonClient(url)
+        for model in ("etr_trunk", "etr_heads_all", "etr_ensemble"):
+            stats = client.stats(model)["model_stats"][0]
+            sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
+            print(f"  {model}: executions by batch size {dict(sorted(sizes.items()))}")
         one_client_arms(url, bundle, frames, a.frames)
 
 

@@ -179,10 +179,12 @@ class TritonClient:
         return {n: result.as_numpy(n) for n in names}
 
     def close(self) -> None:
+        """Close this thread's connection; other threads' clients are dropped (their sockets
+        close when they are collected: a gevent client may only be used by its own thread)."""
         client = getattr(self._local, "client", None)
+        self._local = threading.local()
         if client is not None:
             client.close()
-            self._local.client = None
 
 
 @dataclass(frozen=True)
