@@ -183,7 +183,7 @@ def main() -> None:
                     f"  {r['p50_ms']:6.2f}  {r['p99_ms']:7.2f}"
                 )
         client = TritonClient(url)
-        for model in ("etr_trunk", "etr_heads_all", "etr_ensemble"):
+        for model in ("etr_trunk", "etr_heads_all"):
             stats = client.stats(model)["model_stats"][0]
             sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
             print(f"  {model}: executions by batch size {dict(sorted(sizes.items()))}")

@@ -30,6 +30,7 @@ from edge.runtime.backends.registry import create_backend
 from edge.runtime.backends.triton import (
     BLS,
     BLS_TASKS_PARAMETER,
+    BLS_WHEN_PARAMETER,
     DEFAULT_PREFIX,
     ENSEMBLE,
     TRITON_DTYPES,
@@ -292,6 +293,10 @@ def _write_composites(
     plan = {
         "input": image.name,
         "parameter": BLS_TASKS_PARAMETER,
+        "when_parameter": BLS_WHEN_PARAMETER,
+        "labels": {
+            t.spec.name: list(t.spec.labels) for t in tasks if t.spec.kind == "classification"
+        },
         "trunk": names["trunk"],
         "tasks": {
             t.spec.name: {

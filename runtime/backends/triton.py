@@ -31,6 +31,9 @@ ENSEMBLE = "ensemble"
 BLS = "bls"
 BLS_TASKS_PARAMETER = "tasks"
 """Request parameter of the BLS model: comma-separated tasks to run (default: every task)."""
+BLS_WHEN_PARAMETER = "when"
+"""Request parameter of the BLS model: conditions on a classification task's label,
+``"mask: defect != ok; angle: defect in [scratch, hole]"``."""
 
 DTYPES = {
     "FP32": "float32",

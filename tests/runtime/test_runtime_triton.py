@@ -121,6 +121,37 @@ def test_bls_runs_only_the_requested_heads(served: tuple[Path, str]) -> None:
         client.infer("etr_bls", {"image": x}, parameters={"tasks": "nope"})
 
 
+def test_bls_runs_a_conditional_head_only_when_its_condition_holds(
+    served: tuple[Path, str],
+) -> None:
+    bundle_path, url = served
+    bundle = load_bundle(bundle_path)
+    client = TritonClient(url)
+    x = frames_to_input(_frames(1), bundle.input)
+    logits = client.infer("etr_ensemble", {"image": x}, ["defect_logits"])["defect_logits"]
+    label = bundle.tasks["defect"].spec.labels[int(logits[0].argmax())]
+    other = next(lb for lb in bundle.tasks["defect"].spec.labels if lb != label)
+    cases = [  # (condition, does the mask head run)
+        (f"mask: defect == {label}", True),
+        (f"mask: defect != {label}", False),
+        (f"mask: defect in [{other}, {label}]", True),
+        (f"mask: defect not in [{label}]", False),
+    ]
+    for when, runs in cases:
+        before = _counts(client, "etr_head_mask")["inferences"]
+        out = client.infer(
+            "etr_bls", {"image": x}, parameters={"tasks": "defect,mask", "when": when}
+        )
+        assert set(out) == ({"defect_logits", "mask_logits"} if runs else {"defect_logits"}), when
+        assert _counts(client, "etr_head_mask")["inferences"] - before == int(runs), when
+    with pytest.raises(TritonError, match="classification task"):
+        client.infer("etr_bls", {"image": x}, parameters={"when": "mask: angle > 3"})
+    with pytest.raises(TritonError, match="must be among"):
+        client.infer(
+            "etr_bls", {"image": x}, parameters={"tasks": "mask", "when": "mask: defect == ok"}
+        )
+
+
 def _results(path: Path) -> list[tuple[int, Any]]:
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     return [(r["frame"], r["tasks"]) for r in lines if "event" not in r]
