@@ -49,12 +49,12 @@ class TritonPythonModel:
                 continue
             task, _, cond = clause.partition(":")
             task, cond = task.strip(), cond.strip()
-            op = next((o for o in OPS if f" {o} " in f" {cond} "), None)
+            op = next((o for o in OPS if f" {o} " in f" {cond} "), "")
             other, _, value = cond.partition(f" {op} ") if op else ("", "", "")
             other = other.strip()
             labels = {v.strip(" '\"") for v in value.strip().strip("[]").split(",") if v.strip()}
             known = self.plan["labels"].get(other)
-            if task not in self.plan["tasks"] or known is None or not labels:
+            if task not in self.plan["tasks"] or known is None or not labels or not op:
                 raise ValueError(
                     f"condition '{clause.strip()}': expected 'TASK: OTHER ==|!=|in|not in LABEL' "
                     f"with OTHER a classification task {sorted(self.plan['labels'])}"
