@@ -170,7 +170,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
     """--precision (TensorRT: which engines; ONNX Runtime: fp32 or the int8/ Q/DQ models),
-    --threads for ONNX Runtime."""
+    --threads for ONNX Runtime, --server and --prefix for Triton."""
+    if args.backend == "triton":
+        return {"server": args.server or "", "prefix": args.prefix}
     opts: dict[str, object] = {}
     if getattr(args, "precision", None):
         opts["precision"] = args.precision
@@ -242,6 +244,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(summary.to_text())
     for warning in summary.run.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export_triton(args: argparse.Namespace) -> int:
+    from edge.convert.triton import TritonExportConfig, export_triton
+
+    cfg = TritonExportConfig(
+        out=Path(args.out),
+        flavor=args.flavor,
+        max_batch=args.max_batch,
+        queue_delay_us=args.queue_delay_us,
+        instances=args.instances,
+        kind=args.kind,
+        prefix=args.prefix,
+        version=args.model_version,
+        precision=args.precision,
+        engines=Path(args.engines) if args.engines else None,
+        threads=args.threads,
+        force=args.force,
+    )
+    print(f"triton repository {export_triton(args.bundle, cfg)}")
     return 0
 
 
@@ -478,7 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--keep", type=int, default=5, help="rotated --out files to keep (default 5)")
     r.add_argument("--verify-key", metavar="PUB", help="refuse a bundle not signed by this key")
-    r.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    r.add_argument(
+        "--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "triton"]
+    )
+    r.add_argument("--server", help="triton: the server's HTTP URL, e.g. http://127.0.0.1:8000")
+    r.add_argument("--prefix", default="etr", help="triton: model name prefix of the repository")
     r.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -510,6 +537,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--stall-seconds", type=float, default=5.0, help="/healthz 503 after no frame for S"
     )
     r.set_defaults(func=_cmd_run)
+
+    x = sub.add_parser("export-triton", help="a Triton Inference Server model repository")
+    x.add_argument("bundle")
+    x.add_argument("--out", required=True, help="repository folder to write")
+    x.add_argument("--flavor", default="onnxruntime", choices=["onnxruntime", "tensorrt", "python"])
+    x.add_argument("--max-batch", type=int, help="max_batch_size (default: the bundle's max)")
+    x.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batcher wait")
+    x.add_argument("--instances", type=int, default=1, help="instances per model")
+    x.add_argument("--kind", default="auto", choices=["auto", "cpu", "gpu"])
+    x.add_argument("--prefix", default="etr", help="model name prefix")
+    x.add_argument("--model-version", type=int, default=1, help="version folder to write")
+    x.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    x.add_argument("--engines", help="tensorrt: engine folder (default bundle/engines/<only one>)")
+    x.add_argument("--threads", type=int, default=1, help="python: ONNX Runtime threads")
+    x.add_argument("--force", action="store_true", help="replace an existing repository")
+    x.set_defaults(func=_cmd_export_triton)
 
     f = sub.add_parser("profile", help="latency report per stage (JSON, Markdown, PNG plots)")
     f.add_argument("bundle")

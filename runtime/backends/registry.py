@@ -41,9 +41,16 @@ def _tensorrt() -> type[Backend]:
     return cls
 
 
+def _triton() -> type[Backend]:
+    from edge.runtime.backends.triton import TritonBackend  # tritonclient: imported on load
+
+    return TritonBackend
+
+
 BACKENDS: dict[str, Callable[[], type[Backend]]] = {
     "onnxruntime": _onnxruntime,
     "tensorrt": _tensorrt,
+    "triton": _triton,
 }
 """Backend name -> a function returning its class (imports happen only when called)."""
 

@@ -151,7 +151,7 @@ def test_head_refuses_taps_of_another_trunk(tiny_bundle: Path) -> None:
 
 
 def test_registry_resolves_lazily_and_explains_missing(tiny_bundle: Path) -> None:
-    assert set(BACKENDS) == {"onnxruntime", "tensorrt"}
+    assert set(BACKENDS) == {"onnxruntime", "tensorrt", "triton"}
     assert backend_class("onnxruntime") is OnnxRuntimeBackend
     assert backend_class("ort") is OnnxRuntimeBackend
     with pytest.raises(ConfigError, match=r"unknown backend 'openvino'.*onnxruntime"):
