@@ -17,18 +17,13 @@ consumer dedupes on (delivery is at least once).
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from edge.core.errors import ConfigError
-from edge.core.files import sha256_file
-from edge.core.manifest import Bundle
 from edge.runtime.decode import Decoder, TaskResult
 from edge.runtime.pipeline import FrameResult
 from edge.runtime.schedule import Condition, parse_condition
@@ -153,32 +148,22 @@ class RunHeader:
 
 
 def run_header(
-    cfg: LineOutputsConfig,
-    bundle: Bundle,
-    source: Source,
-    describe: Mapping[str, Any],
-    backend_options: Mapping[str, Any],
-    tasks: Sequence[str],
+    cfg: LineOutputsConfig, run: Mapping[str, Any], source: Source, tasks: Sequence[str]
 ) -> RunHeader:
-    """The header of this run; ``describe``: ``Pipeline.describe()``. The bundle hash is the
-    sha256 of its manifest (which holds every file's sha256)."""
-    now = _dt.datetime.now(_dt.timezone.utc)
-    run_id = f"{now:%Y%m%dT%H%M%SZ}-{os.getpid():x}{time.monotonic_ns() % 4096:03x}"
-    backend = str(describe.get("backend", ""))
-    precision = str(
-        backend_options.get("precision") or ("fp16" if "tensorrt" in backend else "fp32")
-    )
+    """The line outputs' view of the run's header (``run``: the line ``edge run`` starts its
+    JSONL with: run_id, started, bundle, bundle_sha256, backend, precision, mode), so the JSONL,
+    MQTT and OPC UA name a run alike."""
     return RunHeader(
-        run_id=run_id,
+        run_id=str(run["run_id"]),
         station=cfg.station,
         camera=cfg.camera or camera_id(source),
-        bundle=str(bundle.root.name),
-        bundle_hash=sha256_file(bundle.root / "manifest.json"),
-        backend=backend,
-        precision=precision,
-        mode=str(describe.get("mode", "")),
+        bundle=Path(str(run["bundle"])).name,
+        bundle_hash=str(run["bundle_sha256"]),
+        backend=str(run["backend"]),
+        precision=str(run["precision"]),
+        mode=str(run["mode"]),
         tasks=tuple(tasks),
-        started=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        started=str(run["started"]),
     )
 
 

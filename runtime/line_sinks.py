@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from edge.core.manifest import Bundle
 from edge.runtime.decode import Decoder
 from edge.runtime.line import LineOutput, LineOutputsConfig, Recorder, reject_rule, run_header
 from edge.runtime.metrics_http import MetricsOut
@@ -130,11 +129,9 @@ class LineSink:
 def open_line_sink(
     cfg: LineOutputsConfig | None,
     *,
-    bundle: Bundle,
+    run: Mapping[str, Any],
     decoders: Mapping[str, Decoder],
     source: Source,
-    describe: Mapping[str, Any],
-    backend_options: Mapping[str, Any],
     tasks: Sequence[str],
 ) -> LineSink | None:
     """Check the options, start the servers; None when ``cfg`` asks for no line output."""
@@ -143,7 +140,7 @@ def open_line_sink(
     reject = reject_rule(cfg.reject, decoders)
     if cfg.mqtt is not None:
         parse_mqtt_url(cfg.mqtt)  # fail on a bad URL before starting any server
-    header = run_header(cfg, bundle, source, describe, backend_options, tasks)
+    header = run_header(cfg, run, source, tasks)
     outputs: list[LineOutput] = []
     try:
         if cfg.metrics:

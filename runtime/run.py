@@ -239,13 +239,7 @@ def run_bundle(
                 source.open()  # nothing is opened for writing before the source is open
             # line outputs: options checked and servers started before any file is opened
             line = open_line_sink(
-                cfg.line,
-                bundle=bundle,
-                decoders=decoders,
-                source=source,
-                describe=pipeline.describe(),
-                backend_options=cfg.backend_options,
-                tasks=pipeline.tasks,
+                cfg.line, run=header, decoders=decoders, source=source, tasks=pipeline.tasks
             )
             if line is not None:
                 outputs.append(line)
