@@ -31,7 +31,7 @@ def test_dtypes_by_enum_name() -> None:
     """Issue 12 item 1: TensorRT 8.5.2's ``trt.nptype`` builds its table with ``np.bool`` on every
     call (python/packaging/tensorrt/__init__.py:166), an AttributeError with numpy 1.24-1.26."""
     expected = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32"}
-    expected |= {"INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+    expected.update({"INT64": "int64", "BOOL": "bool", "UINT8": "uint8"})
     assert {n: numpy_dtype(DataType(n)).name for n in NUMPY_BY_TRT_NAME} == expected
     for name in ("BF16", "FP8", "INT4", "FP4", "E8M0"):
         with pytest.raises(TypeError, match=f"TensorRT type {name} has no numpy equivalent"):

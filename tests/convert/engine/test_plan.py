@@ -13,7 +13,7 @@ import pytest
 from edge.calib.cache import CalibrationCache, write_cache, write_cache_sidecar
 from edge.convert.engine.build import build_engines
 from edge.convert.engine.config import BuildConfig
-from edge.convert.engine.plan import engine_is_current, plan_build
+from edge.convert.engine.plan import check_calibration_file, engine_is_current, plan_build
 from edge.core.board import JetsonInfo, probe_jetson
 from edge.core.device_identity import GpuIdentity
 from edge.core.errors import EngineBuildError, MissingDependencyError
@@ -209,6 +209,21 @@ def test_qdq_model_changed_after_calibration_is_refused(bundle: Bundle) -> None:
     qdq.write_bytes(qdq.read_bytes() + b"\0")
     with pytest.raises(EngineBuildError, match="changed after edge calibrate"):
         plan_build(bundle, cfg, "10.3.0", None)
+
+
+def test_qdq_models_for_profile_must_be_listed_and_unchanged(bundle: Bundle) -> None:
+    """Issue 13 item 9: ``edge profile --compare int8`` checks every int8/*.onnx it runs with
+    ``check_calibration_file(..., required=True)``: unlisted or changed files are refused."""
+    add_qdq(bundle)
+    qdq = bundle.root / "int8" / "trunk.onnx"
+    with pytest.raises(EngineBuildError, match="not listed in the manifest's calibration"):
+        check_calibration_file(bundle, qdq, required=True)
+    check_calibration_file(bundle, qdq)  # edge build: an unlisted file is not refused
+    bundle.manifest["calibration"] = {"files": {"int8/trunk.onnx": {"sha256": sha256_file(qdq)}}}
+    check_calibration_file(bundle, qdq, required=True)
+    qdq.write_bytes(qdq.read_bytes() + b"\0")
+    with pytest.raises(EngineBuildError, match="changed after edge calibrate"):
+        check_calibration_file(bundle, qdq, required=True)
 
 
 def test_explicit_int8_without_qdq_models_says_calibrate(bundle: Bundle) -> None:
