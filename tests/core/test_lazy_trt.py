@@ -71,3 +71,19 @@ def test_module_version_takes_the_build_from_package_metadata(
     assert str(module_version(module)) == "10.3.0"  # another release's metadata: not ours
     assert str(module_version(types.SimpleNamespace(__version__="8.5.2.2"))) == "8.5.2.2"
     assert np.dtype("float32") == numpy_dtype(DataType("FLOAT"))
+
+
+def test_engine_version_needs_no_import_when_metadata_has_the_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine folder is looked up with the version ``edge build`` used: the metadata's when
+    it has all four parts (no TensorRT import), else the imported module's."""
+    meta = lazy_trt.TrtVersion(8, 5, 2, 2)
+    monkeypatch.setattr(lazy_trt, "version_from_metadata", lambda: meta)
+    assert lazy_trt.engine_version() is meta
+    short = lazy_trt.TrtVersion(10, 3, 0)
+    monkeypatch.setattr(lazy_trt, "version_from_metadata", lambda: short)
+    monkeypatch.setattr(
+        lazy_trt, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0.30")
+    )
+    assert str(lazy_trt.engine_version()) == "10.3.0.30"

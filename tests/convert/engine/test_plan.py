@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge.calib.cache import CalibrationCache, write_cache, write_cache_sidecar
-from edge.convert.engine.build import build_engines
+from edge.convert.engine.build import _sidecar_info, build_engines
 from edge.convert.engine.config import BuildConfig
 from edge.convert.engine.plan import check_calibration_file, engine_is_current, plan_build
 from edge.core.board import JetsonInfo, probe_jetson
@@ -325,6 +325,17 @@ def test_dla_and_gpu_engines_have_different_file_names(bundle: Bundle) -> None:
     names = {engine(None), engine(0), engine(1)}
     assert len(names) == 3
     assert engine(0).name == "defect.fp16.dla0.engine" and engine(None).name == "defect.fp16.engine"
+
+
+def test_sidecar_records_whether_the_board_has_dla(bundle: Bundle) -> None:
+    """Issue 12 item 5: the sidecar says how many DLA cores the board has (0: none)."""
+    for board_info, cores in ((AGX_ORIN, 2), (ORIN_NANO, 0), (None, 0)):
+        cfg = BuildConfig(precision="fp16", parts=("trunk",))
+        job = plan_build(bundle, cfg, "10.3.0", board_info)[0]
+        info = _sidecar_info(job, {}, [], 1.0)
+        assert info["device"]["dla_cores"] == cores and info["dla_core"] is None
+    dla = plan_build(bundle, BuildConfig(precision="fp16", dla_core=1), "10.3.0", AGX_ORIN)[0]
+    assert _sidecar_info(dla, {}, [], 1.0)["dla_core"] == 1
 
 
 def test_dla_on_tensorrt_11_0_is_refused(bundle: Bundle) -> None:
