@@ -34,7 +34,6 @@ from edge.core.manifest import Bundle
 from edge.core.sidecar import engine_file_name, verify_engine
 from edge.core.trt_version import Capabilities, TrtVersion, capabilities, validate_build_options
 
-PART_GROUPS = ("trunk", "heads", "fused")
 _AUTOCAST = (
     "python -m modelopt.onnx.autocast --onnx_path BUNDLE/trunk.onnx "
     "--low_precision_type fp16 --keep_io_types"

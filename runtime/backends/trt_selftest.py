@@ -43,8 +43,6 @@ TOLERANCES = {
 """INT8 is compared with the FP32 reference, so it gets room; its accuracy per task is what
 ``edge calibrate``'s report measures."""
 
-DECISION_KINDS = ("classification", "segmentation", "multilabel")
-
 
 @dataclass(frozen=True)
 class Comparison:
