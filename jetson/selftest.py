@@ -3,10 +3,9 @@
 For each precision asked (default fp16 and int8) and each part that has an engine in
 ``BUNDLE/engines/<this device's slug>/``, the same demo-line frames go through the float ONNX
 model on ONNX Runtime (the reference) and through the engine on the TensorRT backend; heads are
-fed the reference trunk's taps, so a head is judged on its own. Every output is compared with
-``compare_outputs``: errors are relative to the reference output's range, and for task outputs
-the decisions must agree (argmax for classification/segmentation logits, the sign of multilabel
-logits). Prints one line per output and a verdict.
+fed the reference trunk's taps, so a head is judged on its own. The comparison and its
+tolerances are edge.runtime.backends.trt_selftest's (errors relative to the reference output's
+range; task decisions must agree). Prints one line per output and a verdict.
 
 Exit status: 0 PASS, 1 FAIL, 3 when the TensorRT backend cannot be used here (message says why).
 Both backends are taken from the runtime's registry by name ("tensorrt", "onnxruntime").
@@ -17,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,113 +27,8 @@ from edge.core.device_identity import device_slug, gpu_identity
 from edge.core.errors import EdgeError, MissingDependencyError
 from edge.core.lazy_trt import installed_tensorrt
 from edge.core.manifest import load_bundle
-from edge.core.preprocess import frames_to_input
-from edge.runtime.backends.registry import create_backend
+from edge.runtime.backends.trt_selftest import TOLERANCES, Comparison, compare_with_onnxruntime
 from edge.runtime.sources.uri import open_source
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Limits for one precision: errors relative to the reference range, decision agreement."""
-
-    max_err: float
-    mean_err: float
-    agreement: float
-
-
-TOLERANCES = {
-    "fp32": Tolerance(max_err=1e-3, mean_err=1e-4, agreement=0.999),
-    "fp16": Tolerance(max_err=2e-2, mean_err=2e-3, agreement=0.99),
-    "int8": Tolerance(max_err=0.25, mean_err=0.03, agreement=0.90),
-}
-"""INT8 is compared with the FP32 reference, so it gets room; its accuracy per task is what
-``edge calibrate``'s report measures."""
-
-DECISION_KINDS = ("classification", "segmentation", "multilabel")
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One output of one part at one precision."""
-
-    part: str
-    output: str
-    precision: str
-    ok: bool
-    max_err: float
-    mean_err: float
-    agreement: float | None
-    reason: str = ""
-
-    def line(self) -> str:
-        agree = "" if self.agreement is None else f" agree {self.agreement:6.2%}"
-        return (
-            f"{'ok  ' if self.ok else 'FAIL'} {self.precision:5s} {self.part:16s} "
-            f"{self.output:18s} max {self.max_err:.2e} mean {self.mean_err:.2e}{agree}"
-            + (f"  <- {self.reason}" if self.reason else "")
-        )
-
-
-def _agreement(ref: np.ndarray, got: np.ndarray, kind: str | None) -> float | None:
-    """Fraction of decisions that agree: argmax over channels, or the sign for multilabel."""
-    if kind in ("classification", "segmentation") and ref.ndim >= 2 and ref.shape[1] > 1:
-        return float(np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1)))
-    if kind == "multilabel":
-        return float(np.mean((ref > 0) == (got > 0)))
-    return None
-
-
-def compare_outputs(
-    reference: Mapping[str, np.ndarray],
-    candidate: Mapping[str, np.ndarray],
-    precision: str,
-    *,
-    part: str = "",
-    kinds: Mapping[str, str] | None = None,
-) -> list[Comparison]:
-    """Compare every reference output with the candidate's output of the same name.
-
-    ``kinds`` maps task output names to their task kind (for the decision agreement). An output
-    fails when it is missing, has another shape, is not finite, or exceeds the precision's
-    ``TOLERANCES``.
-    """
-    tol = TOLERANCES[precision]
-    kinds = kinds or {}
-    out = []
-    for name, ref_any in reference.items():
-        ref = np.asarray(ref_any, dtype=np.float64)
-        got = np.asarray(candidate[name], dtype=np.float64) if name in candidate else None
-        problem = (
-            "missing from the TensorRT outputs"
-            if got is None
-            else f"shape {got.shape}, expected {ref.shape}"
-            if got.shape != ref.shape
-            else "NaN or Inf in the TensorRT output"
-            if not np.all(np.isfinite(got))
-            else None
-        )
-        if problem is not None or got is None:
-            reason = problem or "missing from the TensorRT outputs"
-            out.append(Comparison(part, name, precision, False, np.inf, np.inf, None, reason))
-            continue
-        scale = max(float(ref.max() - ref.min()) if ref.size else 0.0, 1e-6)
-        diff = np.abs(got - ref) / scale
-        max_err = float(diff.max()) if diff.size else 0.0
-        mean_err = float(diff.mean()) if diff.size else 0.0
-        agree = _agreement(ref, got, kinds.get(name))
-        reasons = []
-        if max_err > tol.max_err:
-            reasons.append(f"max error {max_err:.2e} > {tol.max_err:.0e}")
-        if mean_err > tol.mean_err:
-            reasons.append(f"mean error {mean_err:.2e} > {tol.mean_err:.0e}")
-        if agree is not None and agree < tol.agreement:
-            reasons.append(f"decisions agree {agree:.2%} < {tol.agreement:.0%}")
-        out.append(
-            Comparison(
-                part, name, precision, not reasons, max_err, mean_err, agree, "; ".join(reasons)
-            )
-        )
-    return out
 
 
 def verdict(
@@ -178,41 +72,14 @@ def run_selftest(
         engines = bundle.root / "engines" / device_slug(gpu_identity(device), device, version)
     batch = bundle.batch.get("size") or bundle.batch.get("opt") or 1
     images = _frames(int(batch), frames)
-    feeds = [
-        frames_to_input(images[i : i + batch], bundle.input) for i in range(0, len(images), batch)
+    comparisons = compare_with_onnxruntime(
+        bundle, engines, images, precisions=precisions, heads_from="reference"
+    )
+    problems = [
+        f"no {p} engines in {engines}: run edge build {bundle.root} --precision {p}"
+        for p in precisions
+        if not any(c.precision == p for c in comparisons)
     ]
-    kinds = {t.output: t.spec.kind for t in bundle.tasks.values()}
-    ort = {p: create_backend("onnxruntime").load(bundle.path(p)) for p in bundle.parts}
-    reference: dict[str, list[dict[str, np.ndarray]]] = {p: [] for p in bundle.parts}
-    head_feeds = []
-    for image in feeds:
-        taps = ort["trunk"].run({bundle.input.name: image})
-        head_feeds.append(taps)
-        for part in bundle.parts:
-            inputs = bundle.manifest.parts[part].inputs
-            feed = {bundle.input.name: image} if bundle.input.name in inputs else taps
-            reference[part].append(ort[part].run({n: feed[n] for n in inputs}))
-    comparisons: list[Comparison] = []
-    problems: list[str] = []
-    for precision in precisions:
-        found = [p for p in bundle.parts if (engines / f"{p}.{precision}.engine").is_file()]
-        if not found:
-            problems.append(
-                f"no {precision} engines in {engines}: run edge build "
-                f"{bundle.root} --precision {precision}"
-            )
-            continue
-        for part in found:
-            inputs = bundle.manifest.parts[part].inputs
-            with create_backend("tensorrt").load(engines / f"{part}.{precision}.engine") as trt:
-                for k, image in enumerate(feeds):
-                    feed = (
-                        {bundle.input.name: image} if bundle.input.name in inputs else head_feeds[k]
-                    )
-                    got = trt.run({n: feed[n] for n in inputs})
-                    comparisons += compare_outputs(
-                        reference[part][k], got, precision, part=part, kinds=kinds
-                    )
     return comparisons, problems
 
 

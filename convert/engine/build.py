@@ -39,7 +39,7 @@ from edge.core.board import probe_jetson
 from edge.core.device_identity import gpu_identity
 from edge.core.errors import EngineBuildError
 from edge.core.files import sha256_file, write_bytes
-from edge.core.lazy_trt import LOG, import_tensorrt, module_version, trt_logger
+from edge.core.lazy_trt import LOG, engine_version, import_tensorrt, trt_logger
 from edge.core.manifest import load_bundle
 from edge.core.sidecar import sidecar_path, write_sidecar
 from edge.core.trt_version import feature_check
@@ -134,8 +134,7 @@ def build_engines(bundle_path: str | os.PathLike[str], cfg: BuildConfig) -> list
     """``edge build``: plan with the installed TensorRT (feature-tested) and this device, build
     every selected engine that is not already current (all of them with ``cfg.force``); returns
     the engine paths in bundle order."""
-    lib = import_tensorrt()
-    caps = feature_check(lib, module_version(lib))
+    caps = feature_check(import_tensorrt(), engine_version())
     device = probe_jetson()
     gpu = gpu_identity(device)
     bundle = load_bundle(Path(bundle_path))

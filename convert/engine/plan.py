@@ -34,7 +34,6 @@ from edge.core.manifest import Bundle
 from edge.core.sidecar import engine_file_name, verify_engine
 from edge.core.trt_version import Capabilities, TrtVersion, capabilities, validate_build_options
 
-PART_GROUPS = ("trunk", "heads", "fused")
 _AUTOCAST = (
     "python -m modelopt.onnx.autocast --onnx_path BUNDLE/trunk.onnx "
     "--low_precision_type fp16 --keep_io_types"
@@ -99,31 +98,12 @@ def _input_ranges(bundle: Bundle, part: str) -> tuple[ShapeRange, ...]:
     return tuple(ranges)
 
 
-def check_calibration_file(bundle: Bundle, path: Path, *, required: bool = False) -> None:
-    """An ``edge calibrate`` output (``int8/<part>.onnx``, ``calib/<part>.cache``) must still
-    have the sha256 the manifest's calibration section lists for it; with ``required``, a file
-    the section does not list is refused too (``edge profile --compare int8`` calls it so for
-    every Q/DQ model it runs). EngineBuildError saying to re-run edge calibrate."""
-    rel = path.relative_to(bundle.root).as_posix()
-    listed = (bundle.manifest.calibration or {}).get("files", {}).get(rel)
-    if required and not listed:
-        raise EngineBuildError(
-            f"{bundle.root}/{rel} is not listed in the manifest's calibration section, so "
-            "nothing vouches for it; re-run edge calibrate"
-        )
-    if listed and listed.get("sha256") != sha256_file(path):
-        raise EngineBuildError(
-            f"{bundle.root}/{rel} changed after edge calibrate wrote it (its sha256 differs from "
-            "the manifest's calibration section); re-run edge calibrate"
-        )
-
-
 def _check_cache(
     bundle: Bundle, part: str, cache_path: Path, caps: Capabilities, dla: bool
 ) -> tuple[str, list[str]]:
     """Validate a bundle calibration cache for this TensorRT; return (header algorithm, notes)."""
 
-    check_calibration_file(bundle, cache_path)
+    bundle.check_calibrated(cache_path, error=EngineBuildError)
     cache = read_cache(cache_path)
     rel = cache_path.relative_to(bundle.root).as_posix()
     notes: list[str] = []
@@ -259,7 +239,7 @@ def plan_build(
                     f"explicit INT8 needs the Q/DQ model int8/{part}.onnx, which {bundle.root} "
                     "lacks; run edge calibrate first (it writes int8/*.onnx)"
                 )
-            check_calibration_file(bundle, onnx)
+            bundle.check_calibrated(onnx, error=EngineBuildError)
             if cfg.dla_core is not None and not caps.dla_requires_strongly_typed:
                 notes.append("DLA with Q/DQ models: layers DLA cannot run fall back to the GPU")
         elif mode == "implicit":

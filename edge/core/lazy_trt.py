@@ -85,6 +85,15 @@ def module_version(module: Any) -> TrtVersion:
     return version
 
 
+def engine_version() -> TrtVersion:
+    """The full version engines are built with and looked up by here: package metadata when it
+    has the build number (no import), else ``module_version`` of the imported module."""
+    meta = version_from_metadata()
+    if meta is not None and meta.build is not None:
+        return meta
+    return module_version(import_tensorrt())
+
+
 def installed_tensorrt() -> TrtVersion | None:
     """The TensorRT importable in this Python (full version), or None if there is none."""
     try:

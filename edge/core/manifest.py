@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.config import ModelConfig, TaskSpec
-from edge.core.errors import BundleError
+from edge.core.errors import BundleError, EdgeError
 from edge.core.files import sha256_file, write_json
 from edge.core.preprocess import InputSpec
 
@@ -316,6 +316,26 @@ class Bundle:
         if entry is None:
             raise BundleError(f"{self.root}: manifest lists no file '{rel}'")
         return entry.sha256
+
+    def check_calibrated(
+        self, path: Path, *, required: bool = False, error: type[EdgeError] = BundleError
+    ) -> None:
+        """An ``edge calibrate`` output (``int8/<part>.onnx``, ``calib/<part>.cache``) must still
+        have the sha256 the manifest's calibration section lists for it; with ``required``, a
+        file the section does not list is refused too (what runs a Q/DQ model asks that).
+        ``error``: the exception to raise (the stage's), saying to re-run edge calibrate."""
+        rel = path.relative_to(self.root).as_posix()
+        listed = (self.manifest.calibration or {}).get("files", {}).get(rel)
+        if required and not listed:
+            raise error(
+                f"{self.root}/{rel} is not listed in the manifest's calibration section, so "
+                "nothing vouches for it; re-run edge calibrate"
+            )
+        if listed and listed.get("sha256") != sha256_file(path):
+            raise error(
+                f"{self.root}/{rel} changed after edge calibrate wrote it (its sha256 differs "
+                "from the manifest's calibration section); re-run edge calibrate"
+            )
 
     def verify_hashes(self) -> None:
         """Check every file the manifest lists against its sha256 (BundleError on a mismatch)."""

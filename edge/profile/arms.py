@@ -178,9 +178,14 @@ def parse_arm(text: str, base: ArmSpec) -> ArmSpec:
 class _Int8Bundle(Bundle):
     """The bundle with its parts read from ``int8/`` (the Q/DQ models of edge calibrate)."""
 
-    def path(self, part_or_file: str) -> Path:
+    def file(self, part_or_file: str) -> Path:
         name = part_or_file if part_or_file.endswith(".onnx") else part_file(part_or_file)
-        p = self.root / "int8" / name
+        return self.root / "int8" / name
+
+    def path(self, part_or_file: str) -> Path:
+        """The part's Q/DQ model, once the manifest's calibration section vouches for it."""
+        p = self.file(part_or_file)
+        name = p.relative_to(self.root / "int8").as_posix()
         if not p.is_file():
             raise BundleError(
                 f"{self.root}: INT8 model 'int8/{name}' is missing: run edge "
@@ -188,6 +193,7 @@ class _Int8Bundle(Bundle):
                 "ONNX Runtime runs in INT8)",
                 stage="profile",
             )
+        self.check_calibrated(p, required=True)
         return p
 
 
@@ -245,6 +251,10 @@ def missing_parts(bundle: Bundle, arm: ArmSpec) -> list[str]:
     view = arm_bundle(bundle, arm)
     out = []
     for part in arm_parts(bundle, arm):
+        if isinstance(view, _Int8Bundle):  # present; whether it may run is open_arm's check
+            if not view.file(part).is_file():
+                out.append(part)
+            continue
         try:
             view.path(part)
         except BundleError:

@@ -82,6 +82,7 @@ class OnnxRuntimeBackend(Backend):
                 f"{bundle.root}: no INT8 model 'int8/{part_file(part)}' for --precision int8 on "
                 f"ONNX Runtime; run: edge calibrate {bundle.root} (or use --precision fp32)"
             )
+        bundle.check_calibrated(path, required=True)
         return path
 
     def _load_impl(self, path: Path) -> None:

@@ -29,11 +29,11 @@ from edge.core.device_identity import device_slug, gpu_identity
 from edge.core.errors import BundleError, ConfigError, EngineMismatchError, InputContractError
 from edge.core.lazy_trt import (
     LOG,
+    engine_version,
     import_tensorrt,
     module_version,
     numpy_dtype,
     trt_logger,
-    version_from_metadata,
 )
 from edge.core.sidecar import engine_file_name, verify_engine_here
 from edge.core.trt_version import PRECISIONS, TrtVersion
@@ -126,9 +126,8 @@ class TensorRTBackend(Backend):
     # -- files --------------------------------------------------------------------------------
     def engine_path(self, bundle: Bundle, part: str) -> Path:
         """``bundle/engines/<this device's slug>/<part>.<precision>[.dla<N>].engine``."""
-        version = version_from_metadata() or module_version(import_tensorrt())
         device = probe_jetson()
-        slug = device_slug(gpu_identity(device), device, version)
+        slug = device_slug(gpu_identity(device), device, engine_version())
         name = engine_file_name(part, self.options.precision, self.options.dla_core)
         return bundle.root / "engines" / slug / name
 

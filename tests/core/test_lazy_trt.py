@@ -31,7 +31,7 @@ def test_dtypes_by_enum_name() -> None:
     """Issue 12 item 1: TensorRT 8.5.2's ``trt.nptype`` builds its table with ``np.bool`` on every
     call (python/packaging/tensorrt/__init__.py:166), an AttributeError with numpy 1.24-1.26."""
     expected = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32"}
-    expected |= {"INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+    expected.update({"INT64": "int64", "BOOL": "bool", "UINT8": "uint8"})
     assert {n: numpy_dtype(DataType(n)).name for n in NUMPY_BY_TRT_NAME} == expected
     for name in ("BF16", "FP8", "INT4", "FP4", "E8M0"):
         with pytest.raises(TypeError, match=f"TensorRT type {name} has no numpy equivalent"):
@@ -71,3 +71,19 @@ def test_module_version_takes_the_build_from_package_metadata(
     assert str(module_version(module)) == "10.3.0"  # another release's metadata: not ours
     assert str(module_version(types.SimpleNamespace(__version__="8.5.2.2"))) == "8.5.2.2"
     assert np.dtype("float32") == numpy_dtype(DataType("FLOAT"))
+
+
+def test_engine_version_needs_no_import_when_metadata_has_the_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine folder is looked up with the version ``edge build`` used: the metadata's when
+    it has all four parts (no TensorRT import), else the imported module's."""
+    meta = lazy_trt.TrtVersion(8, 5, 2, 2)
+    monkeypatch.setattr(lazy_trt, "version_from_metadata", lambda: meta)
+    assert lazy_trt.engine_version() is meta
+    short = lazy_trt.TrtVersion(10, 3, 0)
+    monkeypatch.setattr(lazy_trt, "version_from_metadata", lambda: short)
+    monkeypatch.setattr(
+        lazy_trt, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0.30")
+    )
+    assert str(lazy_trt.engine_version()) == "10.3.0.30"

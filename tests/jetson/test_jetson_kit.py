@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.jetson.selftest import TOLERANCES, compare_outputs, main, verdict
+from edge.jetson.selftest import main, verdict
+from edge.runtime.backends.trt_selftest import TOLERANCES, compare_outputs
 
 JETSON = Path(__file__).parents[2] / "jetson"
 SCRIPTS = sorted(JETSON.glob("*.sh"))

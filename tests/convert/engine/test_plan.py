@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from edge.calib.cache import CalibrationCache, write_cache, write_cache_sidecar
-from edge.convert.engine.build import build_engines
+from edge.convert.engine.build import _sidecar_info, build_engines
 from edge.convert.engine.config import BuildConfig
 from edge.convert.engine.plan import engine_is_current, plan_build
 from edge.core.board import JetsonInfo, probe_jetson
 from edge.core.device_identity import GpuIdentity
-from edge.core.errors import EngineBuildError, MissingDependencyError
+from edge.core.errors import BundleError, EngineBuildError, MissingDependencyError
 from edge.core.files import sha256_file
 from edge.core.manifest import Bundle, load_bundle
 from edge.core.sidecar import write_sidecar
@@ -213,6 +213,24 @@ def test_qdq_model_changed_after_calibration_is_refused(bundle: Bundle) -> None:
         plan_build(bundle, cfg, "10.3.0", None)
 
 
+def test_qdq_models_for_profile_must_be_listed_and_unchanged(bundle: Bundle) -> None:
+    """Issue 13 item 9: ``edge profile --compare int8`` and ONNX Runtime's int8 check every
+    int8/*.onnx they run with ``Bundle.check_calibrated(..., required=True)``: unlisted or
+    changed files are refused."""
+    add_qdq(bundle)
+    qdq = bundle.root / "int8" / "trunk.onnx"
+    with pytest.raises(BundleError, match="not listed in the manifest's calibration"):
+        bundle.check_calibrated(qdq, required=True)
+    bundle.check_calibrated(qdq)  # edge build: an unlisted file is not refused
+    bundle.manifest = bundle.manifest.with_calibration(
+        {"files": {"int8/trunk.onnx": {"sha256": sha256_file(qdq)}}}
+    )
+    bundle.check_calibrated(qdq, required=True)
+    qdq.write_bytes(qdq.read_bytes() + b"\0")
+    with pytest.raises(EngineBuildError, match="changed after edge calibrate"):
+        bundle.check_calibrated(qdq, required=True, error=EngineBuildError)
+
+
 def test_explicit_int8_without_qdq_models_says_calibrate(bundle: Bundle) -> None:
     with pytest.raises(EngineBuildError, match=r"int8/trunk\.onnx.*edge calibrate first"):
         plan_build(bundle, BuildConfig(precision="int8", int8_mode="explicit"), "10.3.0", None)
@@ -312,6 +330,17 @@ def test_dla_and_gpu_engines_have_different_file_names(bundle: Bundle) -> None:
     names = {engine(None), engine(0), engine(1)}
     assert len(names) == 3
     assert engine(0).name == "defect.fp16.dla0.engine" and engine(None).name == "defect.fp16.engine"
+
+
+def test_sidecar_records_whether_the_board_has_dla(bundle: Bundle) -> None:
+    """Issue 12 item 5: the sidecar says how many DLA cores the board has (0: none)."""
+    for board_info, cores in ((AGX_ORIN, 2), (ORIN_NANO, 0), (None, 0)):
+        cfg = BuildConfig(precision="fp16", parts=("trunk",))
+        job = plan_build(bundle, cfg, "10.3.0", board_info)[0]
+        info = _sidecar_info(job, {}, [], 1.0)
+        assert info["device"]["dla_cores"] == cores and info["dla_core"] is None
+    dla = plan_build(bundle, BuildConfig(precision="fp16", dla_core=1), "10.3.0", AGX_ORIN)[0]
+    assert _sidecar_info(dla, {}, [], 1.0)["dla_core"] == 1
 
 
 def test_dla_on_tensorrt_11_0_is_refused(bundle: Bundle) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge.core.errors import BundleError, ConfigError
-from edge.core.manifest import load_bundle
+from edge.core.manifest import file_entries, load_bundle
 from edge.jetson.tegrastats import TegrastatsSampler
 from edge.profile.arms import ArmSpec, arm_bundle, open_arm, parse_arm
 from edge.profile.config import ProfileConfig
@@ -120,6 +120,12 @@ def test_int8_arm_reads_the_qdq_models(tiny_bundle: Path, tmp_path: Path) -> Non
         shutil.copy(root / f"{part}.onnx", root / "int8" / f"{part}.onnx")
     arms, notes = resolve_arms(bundle, ProfileConfig(compare=("precisions",)))
     assert [a.name for a in arms] == ["base", "int8"] and not notes
+    with pytest.raises(BundleError, match="not listed in the manifest's calibration"):
+        open_arm(bundle, parse_arm("int8", ArmSpec()))  # nothing vouches for the stand-ins
+    listed = file_entries(root, ["int8"])
+    bundle.manifest = bundle.manifest.with_calibration(
+        {"files": {rel: f.to_dict() for rel, f in listed.items()}}
+    )
     with open_arm(bundle, parse_arm("int8", ArmSpec())) as p:
         assert p.trunk is not None and p.trunk.path == root / "int8" / "trunk.onnx"
         assert p.parts is not None and {b.path for b in p.parts.heads.values()} == {
