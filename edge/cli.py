@@ -135,10 +135,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
-    """--threads for ONNX Runtime, --precision for TensorRT (which engines to load)."""
+    """--threads/--providers for ONNX Runtime, --precision for TensorRT (which engines)."""
     if args.backend == "tensorrt":
         return {"precision": args.precision} if getattr(args, "precision", None) else {}
-    return {"intra_op_threads": args.threads} if args.threads else {}
+    opts: dict[str, object] = {"intra_op_threads": args.threads} if args.threads else {}
+    if getattr(args, "providers", None):
+        opts["providers"] = tuple(p for p in args.providers.split(",") if p)
+    return opts
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -161,6 +164,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         overlap=not args.no_overlap,
         backend_options=_backend_options(args),
+        open_timeout_s=args.open_timeout,
     )
     summary = run_bundle(args.bundle, cfg)
     print(summary.to_text())
@@ -379,6 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fused", action="store_true", help="run fused.onnx (all tasks every frame)")
     r.add_argument("--warmup", type=int, default=3, help="warm-up inferences before capture")
     r.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    r.add_argument(
+        "--providers",
+        help="ONNX Runtime execution providers in order, e.g. cuda,cpu (default: the best "
+        "available, CUDA then CPU; tensorrt only when named)",
+    )
+    r.add_argument(
+        "--open-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="cameras/streams: retry a failing first open this long (default 300; 0: fail at once)",
+    )
     r.add_argument(
         "--no-overlap",
         action="store_true",

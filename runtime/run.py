@@ -34,6 +34,7 @@ from edge.core.manifest import load_bundle
 from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread, parse_policy
 from edge.runtime.decode import decoders_from_manifest
+from edge.runtime.notify import ServiceNotifier
 from edge.runtime.pipeline import FrameResult, Pipeline, StageStats
 from edge.runtime.schedule import build_schedule, read_schedule_file
 from edge.runtime.sinks import (
@@ -79,8 +80,13 @@ class RunConfig:
     frame may wait). False: everything after capture in the calling thread."""
     source_options: SourceOptions = field(default_factory=SourceOptions)
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    open_timeout_s: float = 300.0
+    """Live sources: retry a first open that fails for this long (a camera that boots after
+    the Jetson), each attempt reported on stderr; 0: fail at once."""
 
     def __post_init__(self) -> None:
+        if not self.open_timeout_s >= 0:
+            raise ConfigError(f"--open-timeout {self.open_timeout_s}: must be >= 0 seconds")
         if self.frames is not None and self.frames < 1:
             raise ConfigError(f"--frames {self.frames}: must be >= 1")
         if self.duration_s is not None and not self.duration_s > 0:
@@ -169,11 +175,13 @@ def run_bundle(
             if cfg.video is not None:
                 outputs.append(AnnotatedSink(cfg.video, source.nominal_fps or 30.0))
             outputs.extend(sinks)
-            capture = CaptureThread(source, policy)
+            capture = CaptureThread(source, policy, open_timeout_s=cfg.open_timeout_s)
             loop = _Loop(cfg, pipeline, capture, jsonl, outputs, stop)
             # overlap: one core resizes the next frame while ONNX Runtime infers on the other
             threads = opencv_threads(1) if cfg.overlap else contextlib.nullcontext()
-            with _StopFlag() as flag, threads:
+            # under systemd (Type=notify): READY now, WATCHDOG while capture and pipeline live
+            notifier = ServiceNotifier(capture.heartbeat_age_s, status=f"running {cfg.source}")
+            with _StopFlag() as flag, threads, notifier:
                 loop.flag = flag.event
                 summary = loop.run()
         finally:
