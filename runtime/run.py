@@ -45,7 +45,7 @@ from edge.runtime.sinks import (
     SinkWorker,
     TaskTally,
 )
-from edge.runtime.sources.base import Frame, Source, SourceOptions
+from edge.runtime.sources.base import Frame, Source, SourceOptions, redact_uri
 from edge.runtime.sources.uri import open_source
 
 GAP_POLL_S = 1.0
@@ -180,7 +180,8 @@ def run_bundle(
             # overlap: one core resizes the next frame while ONNX Runtime infers on the other
             threads = opencv_threads(1) if cfg.overlap else contextlib.nullcontext()
             # under systemd (Type=notify): READY now, WATCHDOG while capture and pipeline live
-            notifier = ServiceNotifier(capture.heartbeat_age_s, status=f"running {cfg.source}")
+            status = f"running {redact_uri(cfg.source)}"
+            notifier = ServiceNotifier(capture.heartbeat_age_s, status=status)
             with _StopFlag() as flag, threads, notifier:
                 loop.flag = flag.event
                 summary = loop.run()
