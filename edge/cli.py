@@ -170,14 +170,18 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _backend_options(args: argparse.Namespace) -> dict[str, object]:
     """--precision (TensorRT: which engines; ONNX Runtime: fp32 or the int8/ Q/DQ models),
-    --threads for ONNX Runtime, --server and --prefix for Triton."""
+    --threads and --providers for ONNX Runtime, --server and --prefix for Triton."""
     if args.backend == "triton":
         return {"server": args.server or "", "prefix": args.prefix}
     opts: dict[str, object] = {}
     if getattr(args, "precision", None):
         opts["precision"] = args.precision
-    if args.backend != "tensorrt" and args.threads:
+    if args.backend == "tensorrt":
+        return opts
+    if args.threads:
         opts["intra_op_threads"] = args.threads
+    if getattr(args, "providers", None):
+        opts["providers"] = tuple(p for p in args.providers.split(",") if p)
     return opts
 
 
@@ -233,6 +237,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         verify_key=Path(args.verify_key) if args.verify_key else None,
         trigger_every_ms=args.trigger_every,
         line=_line_config(args),
+        open_timeout_s=args.open_timeout,
     )
     try:
         summary = run_bundle(args.bundle, cfg)
@@ -515,6 +520,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fused", action="store_true", help="run fused.onnx (all tasks every frame)")
     r.add_argument("--warmup", type=int, default=3, help="warm-up inferences before capture")
     r.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    r.add_argument(
+        "--providers",
+        help="ONNX Runtime execution providers in order, e.g. cuda,cpu (default: the best "
+        "available, CUDA then CPU; tensorrt only when named)",
+    )
+    r.add_argument(
+        "--open-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="cameras/streams: retry a failing first open this long (default 300; 0: fail at once)",
+    )
     r.add_argument(
         "--no-overlap",
         action="store_true",

@@ -107,16 +107,23 @@ fi
 py="$venv/bin/python"
 pip=("$py" -m pip install --disable-pip-version-check)
 
-# -- 4. Python packages ------------------------------------------------------------------------
-"${pip[@]}" --upgrade pip wheel
-"${pip[@]}" "${deps[@]}"
+# -- 4. the CUDA toolkit pycuda builds against (checked before anything is installed) ----------
+cuda=${CUDA_HOME:-/usr/local/cuda}
+need_pycuda=1
 if "$py" -c 'import pycuda.driver' 2>/dev/null; then
-  say "pycuda already installed"
+  need_pycuda=0
 else
-  cuda=${CUDA_HOME:-/usr/local/cuda}
   [ -x "$cuda/bin/nvcc" ] || die "no CUDA toolkit at $cuda (nvcc missing): install JetPack's CUDA (sudo apt install nvidia-jetpack) or set CUDA_HOME"
   # pycuda's build compiles against cuRAND's header, which comes in a package of its own
   [ -f "$cuda/include/curand.h" ] || die "no $cuda/include/curand.h (pycuda's build needs it): sudo apt install nvidia-jetpack (or the cuda-libraries-dev / libcurand-dev package of this CUDA)"
+fi
+
+# -- 5. Python packages ------------------------------------------------------------------------
+"${pip[@]}" --upgrade pip wheel
+"${pip[@]}" "${deps[@]}"
+if [ "$need_pycuda" -eq 0 ]; then
+  say "pycuda already installed"
+else
   say "building pycuda against $cuda (a few minutes)"
   PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CPATH="$cuda/include:${CPATH:-}" \
     LIBRARY_PATH="$cuda/lib64:$cuda/lib64/stubs:${LIBRARY_PATH:-}" "${pip[@]}" "${jetson_deps[@]}"
@@ -131,7 +138,7 @@ if [ "${#shadows[@]}" -gt 0 ]; then
   "$py" -m pip uninstall -y "${shadows[@]}"
 fi
 
-# -- 5. verdict --------------------------------------------------------------------------------
+# -- 6. verdict --------------------------------------------------------------------------------
 "$py" - "$image_build" <<'PY'
 import sys
 

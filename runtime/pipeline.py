@@ -323,6 +323,7 @@ class Pipeline:
         return {
             "bundle": str(self.bundle.root),
             "backend": self.backend_name,
+            "providers": sorted({p for b in self._loaded for p in getattr(b, "providers", ())}),
             "mode": "split" if self.split else "fused",
             "batch": self.batch,
             "schedule": self.schedule.describe(),

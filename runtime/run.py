@@ -38,15 +38,16 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from edge import __version__
-from edge.core.errors import ConfigError
+from edge.core.errors import ConfigError, SourceError
 from edge.core.files import clean_stale_temporaries, sha256_file, write_json
 from edge.core.manifest import MANIFEST, load_bundle
 from edge.core.preprocess import opencv_threads
-from edge.runtime.capture import CaptureThread, parse_policy
+from edge.runtime.capture import CaptureThread, parse_policy, retry_first_open
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.latency import StageStats
 from edge.runtime.line import LineOutputsConfig
 from edge.runtime.line_sinks import open_line_sink
+from edge.runtime.notify import ServiceNotifier
 from edge.runtime.outputs import (
     OutputError,
     OutputLock,
@@ -117,8 +118,13 @@ class RunConfig:
     """Fire the source's software trigger this often (``genicam://...?trigger=software``)."""
     line: LineOutputsConfig | None = None
     """MQTT / OPC UA / metrics outputs (:mod:`edge.runtime.line_sinks`); None: none."""
+    open_timeout_s: float = 300.0
+    """Live sources: retry a first open that fails for this long (a camera that boots after
+    the Jetson), each attempt reported on stderr; 0: fail at once."""
 
     def __post_init__(self) -> None:
+        if not self.open_timeout_s >= 0:
+            raise ConfigError(f"--open-timeout {self.open_timeout_s}: must be >= 0 seconds")
         if self.frames is not None and self.frames < 1:
             raise ConfigError(f"--frames {self.frames}: must be >= 1")
         if self.duration_s is not None and not self.duration_s > 0:
@@ -235,8 +241,8 @@ def run_bundle(
                 f"removed {p}, left by an edge process that no longer runs"
                 for p in (_clean_stale(cfg))
             ]
-            if not source.is_open:
-                source.open()  # nothing is opened for writing before the source is open
+            if not source.is_open:  # nothing is opened for writing before the source is open
+                _open_source(source, cfg.open_timeout_s)
             # line outputs: options checked and servers started before any file is opened
             line = open_line_sink(
                 cfg.line, run=header, decoders=decoders, source=source, tasks=pipeline.tasks
@@ -250,12 +256,15 @@ def run_bundle(
             if cfg.video is not None:
                 outputs.append(AnnotatedSink(cfg.video, source.nominal_fps or 30.0))
             outputs.extend(sinks)
-            capture = CaptureThread(source, policy)
+            capture = CaptureThread(source, policy, open_timeout_s=cfg.open_timeout_s)
             loop = _Loop(cfg, pipeline, capture, jsonl, outputs, stop)
             loop.header, loop.warnings = header, warnings
             # overlap: one core resizes the next frame while ONNX Runtime infers on the other
             threads = opencv_threads(1) if cfg.overlap else contextlib.nullcontext()
-            with _StopFlag() as flag, threads, trigger:
+            # under systemd (Type=notify): READY now, WATCHDOG while capture and pipeline live
+            status = f"running {redact_uri(cfg.source)}"
+            notifier = ServiceNotifier(capture.heartbeat_age_s, status=status)
+            with _StopFlag() as flag, threads, trigger, notifier:
                 loop.flag = flag.event
                 summary = loop.run()
         finally:
@@ -269,6 +278,17 @@ def run_bundle(
             if lock is not None:
                 lock.release()
     return summary
+
+
+def _open_source(source: Source, open_timeout_s: float) -> None:
+    """Open ``source``; a live one that fails is retried with backoff for ``open_timeout_s``
+    (a camera that boots after the Jetson), each attempt reported on stderr."""
+    try:
+        source.open()
+    except SourceError as e:
+        if not source.is_live or open_timeout_s <= 0:
+            raise
+        retry_first_open(source, e, open_timeout_s)
 
 
 def _precision(cfg: RunConfig) -> str:

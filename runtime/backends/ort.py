@@ -1,4 +1,11 @@
-"""ONNX Runtime on the CPU: the default backend and the reference the others are tested against.
+"""ONNX Runtime: the default backend and the reference the others are tested against.
+
+It runs on the execution providers that this onnxruntime build has, best first: CUDA, then the
+CPU (``onnxruntime-gpu``, e.g. the JetPack wheels, has CUDA and TensorRT; pip's ``onnxruntime``
+only the CPU). The TensorRT provider is used only when asked for (``providers=("tensorrt",
+"cuda", "cpu")``): it builds an engine for every new session, which takes minutes on a Jetson
+(the ``tensorrt`` backend uses the engines of ``edge build`` instead). The providers a session
+really got are in ``providers`` after ``load``.
 
 ``precision="int8"`` runs the bundle's ``int8/<part>.onnx`` Q/DQ models (written by ``edge
 calibrate``; ONNX Runtime executes QuantizeLinear/DequantizeLinear) instead of the fp32 parts.
@@ -6,7 +13,7 @@ calibrate``; ONNX Runtime executes QuantizeLinear/DequantizeLinear) instead of t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,44 @@ _DTYPES = {
 }
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 ORT_PRECISIONS = ("fp32", "int8")
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+"""Short names of the execution providers etr-edge uses (the full names are accepted too)."""
+AUTO_ORDER = ("cuda", "cpu")
+"""``providers=None``: these, in this order, where the build has them (TensorRT only on request)."""
+
+
+def resolve_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """Full provider names to give a session: ``requested`` (short or full names, in order) or,
+    for None, the best of ``available`` (CUDA, then CPU). Raises :class:`ConfigError` for an
+    unknown name or one this onnxruntime build lacks."""
+    if requested is None:
+        return [PROVIDERS[k] for k in AUTO_ORDER if PROVIDERS[k] in available]
+    full_names = {v.lower(): v for v in PROVIDERS.values()}
+    chosen: list[str] = []
+    for name in requested:
+        key = name.strip().lower()
+        full = PROVIDERS.get(key) or full_names.get(key)
+        if full is None:
+            raise ConfigError(
+                f"onnxruntime execution provider '{name}' is unknown: expected some of "
+                f"{sorted(PROVIDERS)} (or their full names, e.g. CUDAExecutionProvider)"
+            )
+        if full not in available:
+            raise ConfigError(
+                f"onnxruntime execution provider '{name}' ({full}) is not in this onnxruntime "
+                f"build (it has {list(available)}); for CUDA/TensorRT install onnxruntime-gpu "
+                "(on a Jetson: the JetPack wheel from NVIDIA's Jetson AI Lab index), or leave "
+                "the providers unset to use the best available"
+            )
+        if full not in chosen:
+            chosen.append(full)
+    if not chosen:
+        raise ConfigError("onnxruntime providers: the list is empty; leave it unset for auto")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -46,6 +91,9 @@ class OrtOptions:
     more than one intra-op thread."""
     precision: str = "fp32"
     """fp32: the bundle's ONNX parts; int8: its ``int8/`` Q/DQ models (edge calibrate)."""
+    providers: tuple[str, ...] | None = None
+    """Execution providers in order of preference ("tensorrt", "cuda", "cpu" or full names);
+    None: the best this onnxruntime build has (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.precision not in ORT_PRECISIONS:
@@ -60,6 +108,11 @@ class OrtOptions:
             )
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ConfigError("onnxruntime thread counts must be >= 0 (0 = automatic)")
+        if self.providers is not None:
+            if isinstance(self.providers, str):
+                names = tuple(p for p in self.providers.split(",") if p.strip())
+                object.__setattr__(self, "providers", names)
+            resolve_providers(self.providers, list(PROVIDERS.values()))  # names are known
 
 
 class OnnxRuntimeBackend(Backend):
@@ -71,6 +124,8 @@ class OnnxRuntimeBackend(Backend):
         super().__init__()
         self.options = options if options is not None else OrtOptions(**kw)
         self._session: Any = None
+        self.providers: tuple[str, ...] = ()
+        """The execution providers the loaded session runs on (``session.get_providers()``)."""
 
     def artifact_path(self, bundle: Bundle, part: str) -> Path:
         """The fp32 part, or with ``precision="int8"`` its Q/DQ model in ``int8/``."""
@@ -103,7 +158,9 @@ class OnnxRuntimeBackend(Backend):
         }[o.graph_optimization]
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if o.spin else "0")
         so.log_severity_level = 3
-        self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        providers = resolve_providers(o.providers, ort.get_available_providers())
+        self._session = ort.InferenceSession(str(path), so, providers=providers)
+        self.providers = tuple(self._session.get_providers())
 
     def _describe_impl(self) -> tuple[tuple[TensorMeta, ...], tuple[TensorMeta, ...]]:
         def meta(args: Any) -> tuple[TensorMeta, ...]:

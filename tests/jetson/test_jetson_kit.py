@@ -84,9 +84,56 @@ def test_service_unit_runs_edge_on_the_camera_after_nvargus() -> None:
     assert Path(start.split()[0]).is_absolute() and start.split()[0].endswith("/edge")
     assert start.split()[1:3] == ["run", "${EDGE_BUNDLE}"]
     assert "--source ${EDGE_SOURCE}" in start and "--out ${EDGE_OUT}" in start
+    # the engines, not ONNX Runtime on the CPU
+    assert "--backend tensorrt --precision ${EDGE_PRECISION}" in start
+    assert env["EDGE_PRECISION"] in ("fp16", "int8") and env["EDGE_OUT"].endswith(".jsonl")
     for pre in service.get("ExecStartPre", []):  # optional: never stops the start
         assert pre.startswith("-"), pre
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_service_unit_is_a_watched_notify_service_in_a_sandbox() -> None:
+    service = parse_unit((JETSON / "edge-line.service").read_text())["Service"]
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
+    assert int(service["WatchdogSec"][0]) >= 10  # edge run pings every half period
+    assert service["ProtectSystem"] == ["strict"] and service["ProtectHome"] == ["yes"]
+    assert service["NoNewPrivileges"] == ["yes"]
+    state = "/var/lib/" + service["StateDirectory"][0]
+    assert service["ReadWritePaths"] == [state]
+    env = dict(e.split("=", 1) for e in service["Environment"])
+    assert Path(env["EDGE_OUT"]).parent == Path(state)  # the results are writable
+    # CUDA/TensorRT need /dev/nvhost-*, /dev/nvmap; CSI cameras /tmp/argus_socket
+    assert "PrivateDevices" not in service and "PrivateTmp" not in service
+    assert "DeviceAllow" not in service and "ProtectClock" not in service
+
+
+def test_service_command_line_parses_in_the_real_cli() -> None:
+    from edge.cli import build_parser
+
+    service = parse_unit((JETSON / "edge-line.service").read_text())["Service"]
+    env = dict(e.split("=", 1) for e in service["Environment"])
+    (start,) = service["ExecStart"]
+    argv = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], a) for a in start.split()[1:]]
+    args = build_parser().parse_args(argv)
+    assert (args.backend, args.precision, args.open_timeout) == ("tensorrt", "fp16", 600.0)
+    assert args.source == "csi://0" and args.out == env["EDGE_OUT"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_service_unit_security_exposure(tmp_path: Path) -> None:
+    unit = tmp_path / "edge-line.service"
+    unit.write_text((JETSON / "edge-line.service").read_text())
+    res = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    m = re.search(r"Overall exposure level for edge-line.service: (\d+\.\d+)", res.stdout)
+    if m is None and "--offline" in res.stderr:
+        pytest.skip(f"this systemd-analyze has no --offline: {res.stderr.strip()}")
+    assert m is not None, res.stdout + res.stderr
+    assert float(m.group(1)) <= 7.5  # 9.2 "UNSAFE" without the sandboxing lines
 
 
 def test_setup_installs_every_dependency_except_opencv() -> None:
@@ -228,3 +275,22 @@ def test_selftest_script_fails_clearly_without_tensorrt(tmp_path: Path) -> None:
     )
     assert res.returncode == 1
     assert "FAIL" in res.stdout and "TensorRT" in res.stdout
+
+
+def test_jetson_readme_edge_commands_parse_and_write_files() -> None:
+    import shlex
+
+    from edge.cli import build_parser
+
+    text = (JETSON / "README.md").read_text()
+    lines = [
+        line.split("  #")[0].strip()
+        for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+        for line in block.splitlines()
+        if line.startswith("edge ")
+    ]
+    assert len(lines) >= 7
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        if args.func.__name__ == "_cmd_run":
+            assert args.out and not args.out.endswith("/"), line  # --out is the JSONL file

@@ -1,5 +1,6 @@
-"""jetson/setup.sh's JetPack check on the release files of real boards, run for real up to the
-venv step (a venv without system site packages stops it there, before anything is installed)."""
+"""jetson/setup.sh run for real up to the point where it would install something: its JetPack
+check on the release files of real boards (a venv without system site packages stops it at the
+venv step), and its check of the CUDA toolkit that pycuda builds against (nvcc, curand.h)."""
 
 from __future__ import annotations
 
@@ -25,16 +26,22 @@ RELEASES = {
 }
 
 
-def run_setup(tmp_path: Path, release: str | None) -> subprocess.CompletedProcess[str]:
+def run_setup(
+    tmp_path: Path, release: str | None, *, system_site: bool = False, cuda: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "python").write_text("#!/bin/sh\nexit 1\n")
+    (venv / "bin" / "python").write_text("#!/bin/sh\nexit 1\n")  # imports nothing
     (venv / "bin" / "python").chmod(0o755)
-    (venv / "pyvenv.cfg").write_text("include-system-site-packages = false\n")
+    (venv / "pyvenv.cfg").write_text(
+        f"include-system-site-packages = {'true' if system_site else 'false'}\n"
+    )
     release_file = tmp_path / "nv_tegra_release"
     if release is not None:
         release_file.write_text(release + "\n")
     env = {**os.environ, "EDGE_L4T_RELEASE_FILE": str(release_file)}
+    if cuda is not None:
+        env["CUDA_HOME"] = str(cuda)
     return subprocess.run(
         ["bash", str(JETSON / "setup.sh"), "--no-apt", "--venv", str(venv)],
         capture_output=True,
@@ -67,3 +74,19 @@ def test_no_release_file_needs_force(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "not JetPack 5.1/6.x/7.x" in res.stderr and "--force" in res.stderr
     assert "4.6" not in res.stderr
+
+
+def test_cuda_toolkit_without_curand_header_is_refused_before_installing(tmp_path: Path) -> None:
+    cuda = tmp_path / "cuda"
+    (cuda / "bin").mkdir(parents=True)
+    (cuda / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    (cuda / "bin" / "nvcc").chmod(0o755)
+    res = run_setup(tmp_path, RELEASES["R36"], system_site=True, cuda=cuda)
+    assert res.returncode == 1
+    assert f"no {cuda}/include/curand.h (pycuda's build needs it)" in res.stderr
+    assert "using the existing" in res.stdout and "building pycuda" not in res.stdout
+
+
+def test_missing_nvcc_is_refused_before_installing(tmp_path: Path) -> None:
+    res = run_setup(tmp_path, RELEASES["R38"], system_site=True, cuda=tmp_path / "none")
+    assert res.returncode == 1 and "nvcc missing" in res.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from itertools import islice
 from pathlib import Path
@@ -282,3 +283,188 @@ def test_capture_cannot_start_twice() -> None:
     with cap, pytest.raises(SourceError, match="already started"):
         cap.start()
     assert cap.join(timeout=5)
+
+
+# -- a read that blocks (OpenCV < 4.7 in GStreamer's pull_sample) ------------------------------
+
+
+class BlockingCamera(Source):
+    """A live camera whose first session delivers ``before`` frames, then blocks inside
+    ``read()`` on an event, as a wedged GStreamer pipeline does. ``close()`` releases the blocked
+    read (GStreamer's pipeline going to NULL wakes ``pull_sample``) unless ``close_unblocks`` is
+    False; a released read returns None, or a late frame with ``late_frame``."""
+
+    kind = "test-camera"
+    live = True
+
+    def __init__(
+        self,
+        before: int,
+        total: int,
+        *,
+        close_unblocks: bool = True,
+        late_frame: bool = False,
+        options: SourceOptions = FAST,
+    ) -> None:
+        super().__init__("test://blocking", options)
+        self.before, self.total = before, total
+        self.close_unblocks, self.late_frame = close_unblocks, late_frame
+        self.sessions = self.made = 0
+        self.release = threading.Event()
+        self.blocked = threading.Event()
+
+    def _open_impl(self) -> None:
+        self.sessions += 1
+
+    def _read_impl(self) -> RawFrame | None:
+        if self.made >= self.total:
+            self._mark_ended()
+            return None
+        if self.sessions == 1 and self.made >= self.before:
+            self.blocked.set()
+            self.release.wait(timeout=30)  # bounded: a test never hangs
+            if not self.late_frame:
+                return None
+        self.made += 1
+        return RawFrame(np.full((4, 4, 3), self.made % 256, np.uint8), self.made - 1)
+
+    def _close_impl(self) -> None:
+        if self.close_unblocks:
+            self.release.set()
+
+
+STALL = SourceOptions(backoff_initial_s=0.01, backoff_max_s=0.04, read_timeout_s=0.3, fps=100)
+
+
+def test_a_read_that_blocks_is_abandoned_and_the_source_reopened() -> None:
+    cam = BlockingCamera(before=4, total=10, options=STALL)
+    cap = CaptureThread(cam, "fifo:64")
+    t0 = time.monotonic()
+    with cap:
+        ids = [f.id for f in cap]
+    assert ids == list(range(10)) and cap.error is None
+    assert time.monotonic() - t0 < 10  # found by the deadline, not by the read's 30 s limit
+    s = cap.stats
+    assert (s.stalls, s.reopens, s.read_failures, s.abandoned_frames) == (1, 1, 1, 0)
+    (gap,) = s.gaps
+    assert (gap.last_id_before, gap.first_id_after) == (3, 4)
+    assert "no frame for 0.3 s" in gap.reason and "read() blocked" in gap.reason
+    assert gap.end_ns - gap.start_ns >= 0.3e9
+
+
+def test_a_read_that_stays_blocked_after_close_is_left_behind() -> None:
+    cam = BlockingCamera(before=3, total=8, close_unblocks=False, late_frame=True, options=STALL)
+    cap = CaptureThread(cam, "fifo:64").start()
+    got = [cap.get(timeout=10) for _ in range(5)]
+    assert [f.id for f in got if f is not None] == [0, 1, 2, 3, 4]  # ids continue
+    assert cap.stats.stalls == 1 and cap.stats.reopens == 1
+    cam.release.set()  # the stuck read finally returns a frame: it is discarded, not delivered
+    wait_until(lambda: cap.stats.abandoned_frames == 1)
+    rest = [f.id for f in cap]
+    cap.stop()
+    assert cap.join(timeout=5)
+    assert rest and all(i > 4 for i in rest) and len(set(rest)) == len(rest)
+    s = cap.stats
+    assert balanced(s) and s.delivered == 5 + len(rest)
+
+
+def test_the_heartbeat_goes_stale_when_close_hangs_the_monitor() -> None:
+    hang = threading.Event()
+
+    class HangingClose(BlockingCamera):
+        def _close_impl(self) -> None:
+            hang.wait(timeout=30)  # a driver that never returns from release()
+
+    cam = HangingClose(before=2, total=100, close_unblocks=False, options=STALL)
+    cap = CaptureThread(cam, "fifo:64").start()
+    assert cap.get(timeout=5) is not None
+    assert cap.heartbeat_age_s() < 0.2
+    assert cam.blocked.wait(timeout=5)
+    deadline = time.monotonic() + 10
+    while cap.heartbeat_age_s() < 1.0 and time.monotonic() < deadline:
+        cap.get(timeout=0.05)  # the consumer keeps beating; the monitor is stuck in close()
+    assert cap.heartbeat_age_s() >= 1.0
+    hang.set()
+    cam.release.set()
+    cap.stop()
+    assert cap.join(timeout=5)
+
+
+# -- the first open: retried with backoff for open_timeout_s -----------------------------------
+
+
+class LateCamera(Source):
+    """A live camera that refuses ``refusals`` opens (it is still booting), then delivers
+    ``total`` frames and ends."""
+
+    kind = "test-camera"
+    live = True
+
+    def __init__(self, refusals: int, total: int = 5, options: SourceOptions = FAST) -> None:
+        super().__init__("rtsp://camera.local/stream", options)
+        self.refusals, self.total = refusals, total
+        self.open_times: list[float] = []
+        self.made = 0
+
+    def _open_impl(self) -> None:
+        self.open_times.append(time.monotonic())
+        if len(self.open_times) <= self.refusals:
+            raise ConnectionRefusedError("connection refused")
+
+    def _read_impl(self) -> RawFrame | None:
+        if self.made >= self.total:
+            self._mark_ended()
+            return None
+        self.made += 1
+        return RawFrame(np.zeros((4, 4, 3), np.uint8), self.made - 1)
+
+    def _close_impl(self) -> None:
+        pass
+
+
+def test_a_late_camera_is_opened_by_retries_each_reported() -> None:
+    cam = LateCamera(refusals=3)
+    messages: list[str] = []
+    cap = CaptureThread(cam, "fifo:8", open_timeout_s=10, report=messages.append)
+    with cap:
+        ids = [f.id for f in cap]
+    assert ids == [0, 1, 2, 3, 4] and cap.error is None
+    assert cap.stats.open_attempts == 4 and len(cam.open_times) == 4
+    assert [m.split(" of ")[0] for m in messages[:3]] == [
+        "open attempt 1",
+        "open attempt 2",
+        "open attempt 3",
+    ]
+    assert all("connection refused" in m and "next in" in m for m in messages[:3])
+    assert messages[3].endswith("opened on attempt 4") and len(messages) == 4
+    waits = np.diff(cam.open_times)  # the reopen backoff: 0.01, 0.02, 0.04 s
+    assert all(w >= d for w, d in zip(waits, (0.01, 0.02, 0.04)))
+
+
+def test_a_camera_that_never_opens_fails_after_the_open_timeout() -> None:
+    cam = LateCamera(refusals=10**6)
+    messages: list[str] = []
+    cap = CaptureThread(cam, "latest", open_timeout_s=0.3, report=messages.append).start()
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=r"did not open within --open-timeout 0\.3 s"):
+        cap.get(timeout=10)
+    assert 0.2 < time.monotonic() - t0 < 5
+    assert len(messages) == cap.stats.open_attempts - 1 >= 2  # the last failure is the error
+
+
+def test_stop_ends_the_open_retries() -> None:
+    slow = SourceOptions(backoff_initial_s=30.0, backoff_max_s=60.0)
+    cap = CaptureThread(LateCamera(refusals=10**6, options=slow), "latest", open_timeout_s=600)
+    cap.report = lambda message: None
+    cap.start()
+    cap.stop()
+    assert cap.join(timeout=5) and cap.get(timeout=1) is None
+
+
+def test_files_are_not_retried(tmp_path: Path) -> None:
+    class MissingFile(LateCamera):
+        live = False
+
+    cap = CaptureThread(MissingFile(refusals=1), "fifo:2", open_timeout_s=60)
+    with pytest.raises(SourceError, match="connection refused"):
+        cap.start()
