@@ -23,12 +23,15 @@ import json
 import math
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edge import __version__
 from edge.core.errors import ConfigError, EdgeError
-from edge.core.files import NO_SPACE_ERRNOS
+from edge.core.files import NO_SPACE_ERRNOS, clean_stale_temporaries, sha256_file
+from edge.core.manifest import MANIFEST
 
 try:  # POSIX only; Windows has no flock (the lock is then skipped)
     import fcntl
@@ -296,3 +299,44 @@ def _today() -> str:
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def run_header(
+    root: Path, backend: str, precision: str, split: bool, source: str
+) -> dict[str, Any]:
+    """The line each run (and each rotated file) starts with."""
+    return {
+        "event": "run",
+        "run_id": uuid.uuid4().hex,
+        "started": now_iso(),
+        "bundle": str(root),
+        "bundle_sha256": sha256_file(root / MANIFEST),
+        "backend": backend,
+        "precision": precision,
+        "mode": "split" if split else "fused",
+        "source": source,
+        "etr_edge": __version__,
+        "pid": os.getpid(),
+    }
+
+
+def clean_stale_outputs(*paths: Path | None) -> list[Path]:
+    """Remove the temporaries a killed run left beside these outputs (and inside a --video
+    folder of PNGs); returns what was removed."""
+    removed: list[Path] = []
+    for p in paths:
+        if p is not None:
+            removed += clean_stale_temporaries(Path(p).parent, (Path(p).name,))
+            if Path(p).is_dir():
+                removed += clean_stale_temporaries(p)
+    return removed
+
+
+def stop_reason(e: BaseException) -> str:
+    """The summary's ``stopped_by`` for a run ended by ``e``."""
+    if isinstance(e, OutputError):
+        return e.reason
+    if isinstance(e, OSError) and e.errno is not None:  # e.g. a custom sink's write
+        reason = reason_of(e)
+        return reason if reason != "write failed" else "error"
+    return "error"

@@ -23,12 +23,10 @@ read-only) stops the run with that reason in the summary and raises ``OutputErro
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +35,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from edge import __version__
 from edge.core.errors import ConfigError, SourceError
-from edge.core.files import clean_stale_temporaries, sha256_file, write_json
-from edge.core.manifest import MANIFEST, load_bundle
+from edge.core.files import write_json
+from edge.core.manifest import load_bundle
 from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread, parse_policy, retry_first_open
 from edge.runtime.decode import decoders_from_manifest
@@ -52,9 +49,10 @@ from edge.runtime.outputs import (
     OutputError,
     OutputLock,
     check_output_paths,
-    now_iso,
+    clean_stale_outputs,
     parse_rotate,
-    reason_of,
+    run_header,
+    stop_reason,
     strict_json,
 )
 from edge.runtime.pipeline import FrameResult, Pipeline
@@ -231,15 +229,18 @@ def run_bundle(
         backend_options=cfg.backend_options,
     ) as pipeline:
         pipeline.warmup(cfg.warmup)
-        header = _header(cfg, bundle.root)
+        header = run_header(
+            bundle.root, cfg.backend, _precision(cfg), cfg.split, redact_uri(cfg.source)
+        )
         locked = cfg.out if cfg.out is not None else cfg.video
         lock = OutputLock(locked) if locked is not None else None
         outputs: list[Sink] = []
         jsonl: JsonlSink | None = None
+        outputs_closed = False
         try:
             warnings = [
                 f"removed {p}, left by an edge process that no longer runs"
-                for p in (_clean_stale(cfg))
+                for p in clean_stale_outputs(cfg.out, cfg.video, cfg.summary_path)
             ]
             if not source.is_open:  # nothing is opened for writing before the source is open
                 _open_source(source, cfg.open_timeout_s)
@@ -259,6 +260,7 @@ def run_bundle(
             capture = CaptureThread(source, policy, open_timeout_s=cfg.open_timeout_s)
             loop = _Loop(cfg, pipeline, capture, jsonl, outputs, stop)
             loop.header, loop.warnings = header, warnings
+            outputs_closed = True  # from here the loop closes them, once
             # overlap: one core resizes the next frame while ONNX Runtime infers on the other
             threads = opencv_threads(1) if cfg.overlap else contextlib.nullcontext()
             # under systemd (Type=notify): READY now, WATCHDOG while capture and pipeline live
@@ -270,9 +272,10 @@ def run_bundle(
         finally:
             with contextlib.suppress(Exception):
                 source.close()  # when the run never started; the capture thread closes it
-            for s in outputs:
-                with contextlib.suppress(Exception):
-                    s.close()  # after an error only; the loop closes them (and reports)
+            if not outputs_closed:  # the run never started: the loop closes (and reports) them
+                for s in outputs:
+                    with contextlib.suppress(Exception):
+                        s.close()
             if jsonl is not None:
                 jsonl.close()
             if lock is not None:
@@ -294,44 +297,6 @@ def _open_source(source: Source, open_timeout_s: float) -> None:
 def _precision(cfg: RunConfig) -> str:
     given = cfg.backend_options.get("precision")
     return str(given) if given else ("fp16" if cfg.backend in ("tensorrt", "trt") else "fp32")
-
-
-def _header(cfg: RunConfig, root: Path) -> dict[str, Any]:
-    """The line each run (and each rotated file) starts with."""
-    return {
-        "event": "run",
-        "run_id": uuid.uuid4().hex,
-        "started": now_iso(),
-        "bundle": str(root),
-        "bundle_sha256": sha256_file(root / MANIFEST),
-        "backend": cfg.backend,
-        "precision": _precision(cfg),
-        "mode": "split" if cfg.split else "fused",
-        "source": redact_uri(cfg.source),
-        "etr_edge": __version__,
-        "pid": os.getpid(),
-    }
-
-
-def _clean_stale(cfg: RunConfig) -> list[Path]:
-    """Temporaries a killed run left beside this run's outputs."""
-    removed: list[Path] = []
-    for p in (cfg.out, cfg.video, cfg.summary_path):
-        if p is not None:
-            removed += clean_stale_temporaries(Path(p).parent, (Path(p).name,))
-    if cfg.video is not None and Path(cfg.video).is_dir():
-        removed += clean_stale_temporaries(cfg.video)  # PNG frames' temporaries
-    return removed
-
-
-def _reason(e: BaseException) -> str:
-    """The summary's ``stopped_by`` for a run ended by ``e``."""
-    if isinstance(e, OutputError):
-        return e.reason
-    if isinstance(e, OSError) and e.errno is not None:  # e.g. a custom sink's write
-        reason = reason_of(e)
-        return reason if reason != "write failed" else "error"
-    return "error"
 
 
 _END = object()
@@ -562,13 +527,13 @@ class _Loop:
                 else:
                     self._sink(result)
         except BaseException as e:
-            stopped_by, error = _reason(e), e
+            stopped_by, error = stop_reason(e), e
             raise
         finally:
             late = self._finish(feeder, stopped_by)
             duration_s = (self.t_done - t_start) / 1e9
             if late is not None and error is None:
-                stopped_by, error = _reason(late), late
+                stopped_by, error = stop_reason(late), late
             summary = self._summary(stopped_by, duration_s, error)
             path = cfg.summary_path
             if path is not None:

@@ -67,7 +67,7 @@ def _verify(engine: Path, **over: Any) -> dict[str, Any]:
 def test_round_trip(engine: Path) -> None:
     path = sidecar_path(engine)
     assert path.name == "trunk.int8.engine.json"
-    assert not list(path.parent.glob("*.tmp"))  # nothing half-written left behind
+    assert not list(path.parent.glob(".*.tmp-*"))  # nothing half-written left behind
     record = read_sidecar(engine)
     assert record["format"] == "etr-edge-engine" and record["version"] == 1
     assert record["part"] == "trunk" and record["precision"] == "int8"
