@@ -14,8 +14,8 @@ Both calibrate the demo bundle with entropy on the same calibration frames (``--
   ``~/.cache/etr-edge/modelopt-venv``): ``torch==2.13.0`` first (the CPU build, so pip does not
   pull a CUDA one), then ``nvidia-modelopt[onnx]==--modelopt-version``.
 
-Each runs ``--repeats`` times, alternately; wall time and peak RSS (``ru_maxrss`` of the child,
-from ``os.wait4``) are whole processes, interpreter and imports included: what a user waits for.
+Each runs ``--repeats`` times, alternately; wall time and peak RSS (sampled every 5 ms) are of
+whole processes, interpreter and imports included: what a user waits for.
 Then the FP32 fused graph and both INT8 fused graphs run on ``--eval-frames`` held-out demo-line
 frames (indices from ``HOLDOUT_OFFSET`` on, never used in training) and are scored with the
 project's metrics, with a paired bootstrap interval of etr-edge - ModelOpt
@@ -67,18 +67,29 @@ def modelopt_python(cache: Path, version: str) -> Path:
     return py
 
 
-def timed(cmd: list[str], cwd: Path | None = None) -> dict[str, float]:
-    """Run ``cmd``; its wall time and peak RSS (MB). Raises with its output if it fails."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}):\n{out.decode()[-3000:]}")
-    return {"wall_s": wall, "rss_mb": usage.ru_maxrss / 1024}
+def timed(cmd: list[str], cwd: Path | None = None, period: float = 0.005) -> dict[str, float]:
+    """Run ``cmd``; its wall time and peak RSS in MB (its process tree's RSS sampled every
+    ``period`` s: the child's own ``ru_maxrss`` would report this process's RSS, which Linux
+    carries over fork and exec). Raises with its output if it fails."""
+    import psutil
+
+    with tempfile.TemporaryFile() as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        ps, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                tree = [ps, *ps.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass  # the process ended between poll() and the sample
+            time.sleep(period)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            log.seek(0)
+            out = log.read().decode(errors="replace")
+            raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}):\n{out[-3000:]}")
+    return {"wall_s": wall, "rss_mb": peak / 2**20}
 
 
 def latency(models: dict[str, Path], rounds: int = 7, runs: int = 100) -> dict[str, float]:

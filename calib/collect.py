@@ -147,11 +147,15 @@ def session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
 
     Intra-op threads do not spin-wait between runs: here every run is followed by numpy work
     (histograms, metrics) that needs the cores the spinning threads would keep busy (spinning
-    on, the demo model's collection takes twice as long on 2 cores).
+    on, the demo model's collection takes twice as long on 2 cores). ONNX Runtime's own CPU
+    memory arena is off: it keeps the largest chunk's buffers of every session (trunk and each
+    head) for good, on top of glibc's reuse (``stream.tune_allocator``); without it the demo
+    bundle's peak RSS drops from 312 to 262 MB at the same speed.
     """
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.enable_cpu_mem_arena = False
     if threads:
         so.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])

@@ -1,4 +1,4 @@
-"""Placement policy (calib/placement.py): which weighted ops stay float and why; input scales."""
+"""Placement policy (calib/placement.py): which weighted ops stay float, and exact input scales."""
 
 from __future__ import annotations
 

@@ -228,3 +228,21 @@ def test_config_and_bundle_errors(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match=r"no manifest\.json"):
         calibrate_bundle(tmp_path, CalibConfig(**FAST))
     assert not (tmp_path / MANIFEST).exists() and not list(tmp_path.iterdir())
+
+
+def test_cli_placement_flag_and_warnings_on_the_console(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge.cli import main
+
+    root = _copy(tiny_bundle, tmp_path)
+    args = ["calibrate", str(root), "--frames", "16", "--batch", "16", "--eval-frames", "8"]
+    assert main([*args, "--placement", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "entropy calibration on 16 frames" in out  # the warning, printed with report.md
+    assert "## Placement (fused graph)" in out and "| int8 |" in out
+    report = json.loads((root / "calib/report.json").read_text())
+    assert report["calibration"]["config"]["placement"] == "all"
+    assert main(args) == 0  # the default keeps the tiny bundle's tiny convs float
+    default = capsys.readouterr().out
+    assert "tiny conv" in default and default.count("| int8 |") < out.count("| int8 |")
