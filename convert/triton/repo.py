@@ -33,6 +33,7 @@ from edge.runtime.backends.triton import (
     BLS_WHEN_PARAMETER,
     DEFAULT_PREFIX,
     ENSEMBLE,
+    ONNX_SHA256_PARAMETER,
     TRITON_DTYPES,
     model_name,
 )
@@ -224,7 +225,10 @@ def export_triton(bundle_path: str | Path, cfg: TritonExportConfig) -> Path:
                 queue_delay_us=cfg.queue_delay_us,
                 instances=cfg.instances,
                 kind=KINDS[kind],
-                parameters={"intra_op_threads": str(cfg.threads)} if cfg.flavor == "python" else {},
+                parameters={
+                    ONNX_SHA256_PARAMETER: bundle.file_hash(part_file(part)),
+                    **({"intra_op_threads": str(cfg.threads)} if cfg.flavor == "python" else {}),
+                },
             )
             folder = tmp / names[part] / v
             folder.mkdir(parents=True)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import ConfigError, EdgeError, import_optional
+from edge.core.files import sha256_file
 from edge.runtime.backends.base import Backend, TensorMeta
 
 DEFAULT_PREFIX = "etr"
@@ -31,6 +32,8 @@ ENSEMBLE = "ensemble"
 BLS = "bls"
 BLS_TASKS_PARAMETER = "tasks"
 """Request parameter of the BLS model: comma-separated tasks to run (default: every task)."""
+ONNX_SHA256_PARAMETER = "etr_onnx_sha256"
+"""config.pbtxt parameter of every part's model: the sha256 of the bundle ONNX it was made from."""
 BLS_WHEN_PARAMETER = "when"
 """Request parameter of the BLS model: conditions on a classification task's label,
 ``"mask: defect != ok; angle: defect in [scratch, hole]"``."""
@@ -144,6 +147,12 @@ class TritonClient:
             )
         return dict(self._call(f"metadata of '{model}'", self._client().get_model_metadata, model))
 
+    def config(self, model: str) -> dict[str, Any]:
+        """The model's configuration as the server holds it (``/v2/models/<model>/config``)."""
+        return dict(
+            self._call(f"configuration of '{model}'", self._client().get_model_config, model)
+        )
+
     def stats(self, model: str) -> dict[str, Any]:
         """``/v2/models/<model>/stats`` of the model's versions (executions, batch sizes...)."""
         out = self._call(f"statistics of '{model}'", self._client().get_inference_statistics, model)
@@ -228,6 +237,14 @@ class TritonBackend(Backend):
         self.model = model_name(part_of(path), o.prefix)
         self.client = TritonClient(o.server, timeout_s=o.timeout_s)
         self._meta = self.client.metadata(self.model)
+        config = self.client.config(self.model)
+        served = config.get("parameters", {}).get(ONNX_SHA256_PARAMETER, {}).get("string_value")
+        if served and served != sha256_file(path):
+            raise TritonError(
+                f"model '{self.model}' on {o.server} was exported from another {path.name} than "
+                f"{path} (sha256 {served[:12]}...); export this bundle with edge export-triton "
+                "and serve that repository, or run with the bundle it came from"
+            )
 
     def _describe_impl(self) -> tuple[tuple[TensorMeta, ...], tuple[TensorMeta, ...]]:
         def metas(entries: Any) -> tuple[TensorMeta, ...]:

@@ -46,6 +46,8 @@ def test_python_flavor_layout_and_configs(dyn_bundle: Path, tmp_path: Path) -> N
     assert '{ name: "shared_4" data_type: TYPE_FP32 dims: [ 12, 4, 4 ] }' in trunk
     assert "dynamic_batching { max_queue_delay_microseconds: 250 }" in trunk
     assert "instance_group [ { count: 2 kind: KIND_CPU } ]" in trunk
+    sha = bundle.file_hash("trunk.onnx")
+    assert f'parameters {{ key: "etr_onnx_sha256" value: {{ string_value: "{sha}" }} }}' in trunk
     mask = _config(repo, "etr_head_mask")
     assert '{ name: "mask_logits" data_type: TYPE_FP32 dims: [ 2, 16, 16 ] }' in mask
     assert (repo / "etr_trunk/1/model.onnx").read_bytes() == bundle.path("trunk").read_bytes()

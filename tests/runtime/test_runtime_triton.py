@@ -239,6 +239,10 @@ def test_server_errors_are_clear_etr_edge_errors(served: tuple[Path, str], tmp_p
         assert trunk.run({"image": x})["shared_0"].shape == (1, 3, 32, 32)
         with pytest.raises(InputContractError, match="expected shape uint8"):
             trunk.run({"image": x[:, :16]})
+    other = tmp_path / "trunk.onnx"  # a trunk the server's etr_trunk was not made from
+    other.write_bytes(bundle.path("trunk").read_bytes() + b"\0")
+    with pytest.raises(TritonError, match=r"exported from another trunk\.onnx"):
+        TritonBackend(server=url).load(other)
     with pytest.raises(TritonError, match="not ready"):
         TritonBackend(server=url, prefix="other").load(bundle.path("trunk"))
     with pytest.raises(TritonError, match="cannot reach the Triton server"):
