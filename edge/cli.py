@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge import __version__
-from edge.core.errors import EdgeError
+from edge.core.errors import ConfigError, EdgeError
 from edge.core.files import NO_SPACE_ERRNOS
 from edge.core.trt_version import PRECISIONS
 
@@ -193,6 +193,8 @@ def _line_config(args: argparse.Namespace) -> LineOutputsConfig | None:
     from edge.runtime.line import LineOutputsConfig
 
     if not (args.mqtt or args.opcua or args.metrics):
+        if args.reject:
+            raise ConfigError("--reject marks frames for --mqtt / --opcua / --metrics: add one")
         return None
     path = {k: Path(getattr(args, k)) if getattr(args, k) else None for k in _MQTT_PATHS}
     return LineOutputsConfig(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from edge.cli import _line_config, build_parser
+from edge.core.errors import ConfigError
 from edge.runtime.line import LineOutputsConfig
 
 
@@ -12,6 +15,8 @@ def test_line_flags_to_config() -> None:
     p = build_parser()
     base = ["run", "bundle", "--source", "synthetic:"]
     assert _line_config(p.parse_args(base)) is None
+    with pytest.raises(ConfigError, match="--reject"):
+        _line_config(p.parse_args([*base, "--reject", "defect != ok"]))
     flags = "--mqtt mqtts://u:p@h:8883/f/l1 --mqtt-ca ca.pem --station st3 --camera cam1"
     flags += " --opcua opc.tcp://0.0.0.0:4840 --opcua-user plc:pw --metrics 0.0.0.0:9108"
     flags += " --stall-seconds 2 --mqtt-spool /tmp/sp --mqtt-spool-max 7"
