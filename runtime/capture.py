@@ -472,6 +472,11 @@ class CaptureThread:
             self._cond.notify_all()
 
 
+def _plain_sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False  # nothing can ask it to stop (Ctrl-C raises)
+
+
 def retry_first_open(
     src: Source,
     first: BaseException,
@@ -487,7 +492,7 @@ def retry_first_open(
     open; False when ``sleep`` (True: stop asked) ends it; SourceError past the limit."""
     deadline = time.monotonic() + limit_s
     delays = backoff_delays(src.options.backoff_initial_s, src.options.backoff_max_s)
-    pause = sleep if sleep is not None else (lambda d: bool(time.sleep(d)))
+    pause = sleep if sleep is not None else _plain_sleep
     error = first
     while True:
         left = deadline - time.monotonic()
