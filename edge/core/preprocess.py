@@ -68,9 +68,19 @@ class InputSpec:
         )
 
 
+SUPERSAMPLE = 2
+"""Shrinking samples the frame bilinearly on a grid this many times denser than the output
+(per axis), then averages each SUPERSAMPLE x SUPERSAMPLE block: an area-like filter whose cost
+follows the output size, not the input's (bench/bench_station.py, "preprocess")."""
+
+
 def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize one uint8 HxWx3 BGR frame to (height, width): area filter when shrinking,
-    bilinear when enlarging. Returns the frame itself when it already has that size."""
+    """Resize one uint8 HxWx3 BGR frame to (height, width). Returns the frame itself when it
+    already has that size; bilinear when enlarging (either axis); when shrinking, bilinear
+    samples on a grid ``SUPERSAMPLE`` times denser, averaged per block (cv2.INTER_AREA at an
+    integer factor): within ~1 grey level of a full area filter on camera frames, at a cost
+    proportional to the output (0.1-0.2 ms for 128x128 from 640x480 or 1920x1080, where
+    INTER_AREA costs 0.7 / 16 ms)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputContractError(
             f"a frame must be uint8 HxWx3 (BGR), got {image.dtype} {image.shape}; convert "
@@ -79,8 +89,12 @@ def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
-    interp = cv2.INTER_AREA if (h >= height and w >= width) else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interp)
+    if h < height or w < width:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    s = SUPERSAMPLE
+    if (h, w) != (height * s, width * s):
+        image = cv2.resize(image, (width * s, height * s), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def frames_to_input(frames: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
