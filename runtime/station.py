@@ -54,11 +54,17 @@ class _Feeder:
         self.ended = False
         self.last_ready_ns: int | None = None
         self.interval_ns: float | None = None
+        self.taken = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"edge-feed{index}", daemon=True)
 
     def _run(self) -> None:
+        latest = self.capture.policy.kind == "latest"
         try:
             while not self.halt.is_set():
+                if latest and not self.q.empty():  # the newest frame, not one aged here
+                    self.taken.wait(IDLE_WAIT_S)
+                    self.taken.clear()
+                    continue
                 frame = self.capture.get(timeout=IDLE_WAIT_S)
                 if frame is None:
                     if self.capture.ended:
@@ -97,6 +103,7 @@ class _Feeder:
             item = self.q.get_nowait()
         except queue.Empty:
             return None
+        self.taken.set()
         if self.last_ready_ns is not None:
             gap = item.t_ready_ns - self.last_ready_ns
             self.interval_ns = (
