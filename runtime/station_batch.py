@@ -129,9 +129,9 @@ class BatchRunner:
                 for task in self.tasks:
                     s = self.steps[task]
                     res[task] = s.decoder.decode(outs[s.output][j])
-            post = (time.perf_counter_ns() - t0) // n
+            each = (time.perf_counter_ns() - t0) // n
             for t in ts:
-                t["heads"], t["postprocess"] = merged.last_run_ns, post
+                t["heads"], t["postprocess"] = merged.last_run_ns, each
             return self._results(items, idx, results)
         post = [0] * n
         for task in self.order:
