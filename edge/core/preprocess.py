@@ -68,19 +68,24 @@ class InputSpec:
         )
 
 
-SUPERSAMPLE = 2
-"""Shrinking samples the frame bilinearly on a grid this many times denser than the output
-(per axis), then averages each SUPERSAMPLE x SUPERSAMPLE block: an area-like filter whose cost
-follows the output size, not the input's (bench/bench_station.py, "preprocess")."""
+SUPERSAMPLE = (2, 4)
+"""Shrinking samples the frame bilinearly on a grid ``s`` times denser than the output per axis
+(``s`` = the shrink factor / 3, kept within these bounds), then averages each ``s`` x ``s``
+block: an area-like filter whose cost follows the output size, not the input's."""
+
+
+def _supersample(src: int, dst: int) -> int:
+    lo, hi = SUPERSAMPLE
+    return min(hi, max(lo, -(-src // (3 * dst))))
 
 
 def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize one uint8 HxWx3 BGR frame to (height, width). Returns the frame itself when it
     already has that size; bilinear when enlarging (either axis); when shrinking, bilinear
-    samples on a grid ``SUPERSAMPLE`` times denser, averaged per block (cv2.INTER_AREA at an
-    integer factor): within ~1 grey level of a full area filter on camera frames, at a cost
-    proportional to the output (0.1-0.2 ms for 128x128 from 640x480 or 1920x1080, where
-    INTER_AREA costs 0.7 / 16 ms)."""
+    samples on a grid 2-4 times denser (``SUPERSAMPLE``), averaged per block (cv2.INTER_AREA
+    at an integer factor): within ~1 grey level of a full area filter on camera frames, at a
+    cost proportional to the output (bench/bench_station.py: 0.1-0.3 ms for 128x128 from
+    640x480 or 1280x720, where INTER_AREA costs 0.7 / 5-20 ms)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputContractError(
             f"a frame must be uint8 HxWx3 (BGR), got {image.dtype} {image.shape}; convert "
@@ -91,9 +96,9 @@ def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
         return image
     if h < height or w < width:
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    s = SUPERSAMPLE
-    if (h, w) != (height * s, width * s):
-        image = cv2.resize(image, (width * s, height * s), interpolation=cv2.INTER_LINEAR)
+    grid = (width * _supersample(w, width), height * _supersample(h, height))
+    if (w, h) != grid:
+        image = cv2.resize(image, grid, interpolation=cv2.INTER_LINEAR)
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 

@@ -41,7 +41,7 @@ def test_camera_frames_stay_within_about_one_grey_level_of_area(size: tuple[int,
 def test_shrinking_attenuates_aliasing(period: int) -> None:
     """Stripes finer than the output grid become false stripes under plain bilinear sampling;
     the supersampled filter damps them at least 3x (640x480 -> 128x128). It is not a full area
-    filter: at factors well above 2 x SUPERSAMPLE pixel-scale patterns still alias."""
+    filter: at factors above 3 x SUPERSAMPLE[1] pixel-scale patterns still alias."""
     xx = np.mgrid[0:480, 0:640][1]
     stripes = np.where(xx % period < period // 2, 255, 0).astype(np.uint8)
     img = np.repeat(stripes[..., None], 3, axis=2)
