@@ -9,7 +9,8 @@ cameras, and only for those whose next frame is due within that time, so a slow,
 dead camera never holds the others back; its gaps are reported per camera.
 
 Every JSONL line carries ``"camera"`` (the camera id) and ``"batch"`` (frames in its trunk
-call); events (``gap``, ``drop``, ``overrun``) carry the camera id too. The summary has the
+call); events (``gap``, ``drop``, ``overrun``, ``error``: a camera whose capture failed for
+good, while the others go on) carry the camera id too. The summary has the
 station totals and a one-camera summary per camera.
 """
 
@@ -177,6 +178,7 @@ class _Cam:
     processed: int = 0
     gaps_seen: int = 0
     last_id: int | None = None
+    failed: bool = False
 
 
 def run_station(
@@ -274,6 +276,20 @@ class _Run:
                 self.worker.submit(self._line, event)
             cam.gaps_seen = len(gaps)
 
+    def _failures(self) -> None:
+        """A camera whose capture failed for good (reconnect off, a file's read error) ends
+        with an ``error`` event under its id; the others go on. All failed: the first error."""
+        for cam in self.cams:
+            e = cam.feeder.error
+            if e is not None and not cam.failed:
+                cam.failed = True
+                event = {"event": "error", "camera": cam.id, "error": f"{type(e).__name__}: {e}"}
+                self.worker.submit(self._line, event)
+        if all(c.failed for c in self.cams):
+            first = self.cams[0].feeder.error
+            assert first is not None
+            raise first
+
     def _done(self, t_start: int) -> str | None:
         cfg = self.cfg
         if self.stop.is_set():
@@ -304,9 +320,7 @@ class _Run:
                 if why is not None:
                     stopped_by = why
                     break
-                for cam in self.cams:
-                    if cam.feeder.error is not None:
-                        raise cam.feeder.error
+                self._failures()
                 items = self.batcher.collect()
                 if time.monotonic() - last_poll >= 1.0:
                     self._events()
@@ -361,6 +375,9 @@ class _Run:
                 "capture": c.capture.stats.to_dict(),
                 "stages": c.stats.summary(),
             }
+            if c.feeder.error is not None:
+                e = c.feeder.error
+                cams[c.id]["error"] = f"{type(e).__name__}: {e}"
         total = sum(c.processed for c in self.cams)
         out: dict[str, Any] = {
             "frames": total,

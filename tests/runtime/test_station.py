@@ -116,6 +116,26 @@ def test_a_stalled_camera_does_not_hold_the_others(
     assert summary["cameras"]["c0"]["capture"]["gaps"] == []
 
 
+def test_a_camera_that_fails_for_good_ends_alone(
+    dyn_bundle: Path, images: list[np.ndarray], tmp_path: Path
+) -> None:
+    srcs = replay(images, 2, fps=50)
+    no_retry = SourceOptions(read_timeout_s=0.2, reconnect=False)
+    srcs["bad"] = ReplaySource(images, fps=50, stall=(3, 10.0), name="bad", options=no_retry)
+    out = tmp_path / "fail.jsonl"
+    cams = tuple(Camera(c, "replay") for c in srcs)
+    summary = run_station(dyn_bundle, StationConfig(cams, duration_s=1.5, out=out), sources=srcs)
+    frames, events = lines(out)
+    errors = [e for e in events if e["event"] == "error"]
+    assert [e["camera"] for e in errors] == ["bad"] and "reconnect is off" in errors[0]["error"]
+    assert (
+        summary["stopped_by"] == "duration"
+        and "reconnect is off" in summary["cameras"]["bad"]["error"]
+    )
+    assert sum(r["camera"] == "bad" for r in frames) <= 3
+    assert summary["cameras"]["c0"]["frames"] >= 40 and summary["cameras"]["c1"]["frames"] >= 40
+
+
 def test_fixed_batch_bundle_runs_cameras_one_by_one(
     tiny_bundle: Path, images: list[np.ndarray]
 ) -> None:
