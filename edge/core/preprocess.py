@@ -84,8 +84,8 @@ def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
     already has that size; bilinear when enlarging (either axis); when shrinking, bilinear
     samples on a grid 2-4 times denser (``SUPERSAMPLE``), averaged per block (cv2.INTER_AREA
     at an integer factor): within ~1 grey level of a full area filter on camera frames, at a
-    cost proportional to the output (bench/bench_station.py: 0.1-0.3 ms for 128x128 from
-    640x480 or 1280x720, where INTER_AREA costs 0.7 / 5-20 ms)."""
+    cost that follows the output (bench/bench_station.py, 128x128 from 640x480 / 1280x720:
+    0.14 / 0.47 ms, where INTER_AREA costs 0.58 / 1.8 ms)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputContractError(
             f"a frame must be uint8 HxWx3 (BGR), got {image.dtype} {image.shape}; convert "
