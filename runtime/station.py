@@ -3,10 +3,12 @@
 Threads: per camera a :class:`~edge.runtime.capture.CaptureThread` (its frame policy, drops,
 gaps and reopen with backoff as in a one-camera run) and a feeder that preprocesses the
 camera's next frame while the current batch is inferred; the calling thread collects a batch,
-runs it (:class:`~edge.runtime.station_batch.BatchRunner`) and hands the results to a sink
-thread. Batching deadline: the first ready frame waits at most ``batch_wait_ms`` for the other
-cameras, and only for those whose next frame is due within that time, so a slow, stalled or
-dead camera never holds the others back; its gaps are reported per camera.
+runs its trunk (:class:`~edge.runtime.station_batch.BatchRunner`) and, on ONNX Runtime, hands
+it to a heads thread (the heads of batch k run while the trunk runs batch k+1), which hands
+the results to a sink thread. Batching deadline: the first ready frame waits at most
+``batch_wait_ms`` for the other cameras, and only for those whose next frame is due within
+that time, so a slow, stalled or dead camera never holds the others back; its gaps are
+reported per camera.
 
 Every JSONL line carries ``"camera"`` (the camera id) and ``"batch"`` (frames in its trunk
 call); events (``gap``, ``drop``, ``overrun``, ``error``: a camera whose capture failed for
@@ -37,7 +39,7 @@ from edge.runtime.schedule import Schedule, build_schedule
 from edge.runtime.sinks import JsonlSink, SinkWorker, TaskTally, WallClock, frame_record
 from edge.runtime.sources.base import Source
 from edge.runtime.sources.uri import open_source
-from edge.runtime.station_batch import BatchRunner, Ready, task_order
+from edge.runtime.station_batch import BatchRunner, Ready, Trunked, task_order
 from edge.runtime.station_config import StationConfig
 
 IDLE_WAIT_S = 0.05
@@ -245,6 +247,14 @@ class _Run:
             self.cams.append(_Cam(c.id, cap, feeder, StageStats(), TaskTally(pipeline.tasks)))
         self.batcher.feeders = [c.feeder for c in self.cams]
         self.worker = SinkWorker(maxsize=8, name="edge-station-sinks")
+        # ONNX Runtime: the heads of batch k run on their own thread while the trunk runs batch
+        # k+1 (separate sessions, both release the GIL: two cores busy, engines loaded once)
+        host = cfg.backend == "onnxruntime"
+        self.heads = SinkWorker(maxsize=1, name="edge-station-heads") if host else None
+
+    def _heads(self, tr: Trunked, n: int) -> None:
+        for it, result in zip(tr.items, self.runner.heads(tr)):
+            self.worker.submit(self._sink, self.cams[it.camera], result, n)
 
     def _line(self, record: dict[str, Any]) -> None:
         if self.jsonl is not None:
@@ -332,7 +342,7 @@ class _Run:
                 now = time.monotonic_ns()
                 for it in items:
                     it.timings["queue_wait"] = max(0, now - it.t_ready_ns)
-                for it, result in zip(items, self.runner.run(items)):
+                for it in items:
                     cam = self.cams[it.camera]
                     cam.processed += 1
                     if cam.last_id is not None and it.frame_id > cam.last_id + 1:
@@ -341,7 +351,13 @@ class _Run:
                             self._line, {"event": "drop", "camera": cam.id, "frame_ids": drop}
                         )
                     cam.last_id = it.frame_id
-                    self.worker.submit(self._sink, cam, result, len(items))
+                cap = self.runner.cap
+                for i in range(0, len(items), cap):
+                    tr = self.runner.trunk(items[i : i + cap], host=self.heads is not None)
+                    if self.heads is not None:
+                        self.heads.submit(self._heads, tr, len(items))
+                    else:
+                        self._heads(tr, len(items))
         except BaseException as e:
             stopped_by, error = "error", e
             raise
@@ -353,6 +369,8 @@ class _Run:
             for cam in started:
                 cam.feeder.thread.join(timeout=5.0)
                 cam.capture.join(timeout=5.0)
+            if self.heads is not None:
+                self.heads.close()  # every trunk batch's heads and lines
             with contextlib.suppress(EdgeError):
                 self._events(final=True)
             self.worker.close()

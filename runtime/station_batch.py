@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from edge.core.errors import ScheduleError
+from edge.runtime.backends.base import Taps
 from edge.runtime.decode import TaskResult
 from edge.runtime.pipeline import FrameResult, Pipeline
 from edge.runtime.schedule import Schedule, TaskRule
@@ -36,6 +38,18 @@ class Ready:
     t_ready_ns: int
     source_index: int | None
     timings: dict[str, int]
+
+
+@dataclass(eq=False)
+class Trunked:
+    """A batch after the trunk: its frames, their per-camera indices, the trunk's input rows
+    (padding included) and its taps (and their host arrays when the heads run elsewhere)."""
+
+    items: list[Ready]
+    idx: list[int]
+    rows: int
+    taps: Taps
+    arrays: dict[str, np.ndarray] | None
 
 
 def task_order(schedules: Sequence[Schedule], tasks: Sequence[str]) -> list[str]:
@@ -100,10 +114,13 @@ class BatchRunner:
         """The frames' results, in the order given (one trunk call per ``cap`` frames)."""
         out: list[FrameResult] = []
         for i in range(0, len(items), self.cap):
-            out.extend(self._chunk(items[i : i + self.cap]))
+            out.extend(self.heads(self.trunk(items[i : i + self.cap])))
         return out
 
-    def _chunk(self, items: Sequence[Ready]) -> list[FrameResult]:
+    def trunk(self, items: Sequence[Ready], host: bool = False) -> Trunked:
+        """Stage 1 for at most ``cap`` frames: the trunk once. ``host``: keep the taps as host
+        arrays, so :meth:`heads` may run on another thread while the trunk runs the next batch
+        (ONNX Runtime: the trunk and the heads are separate sessions)."""
         n = len(items)
         self.batches[n] = self.batches.get(n, 0) + 1
         idx = [self.index[it.camera] for it in items]
@@ -112,18 +129,30 @@ class BatchRunner:
         x = np.concatenate([it.x[:1] for it in items])
         if self.fixed and n < self.fixed:
             x = np.concatenate([x, np.repeat(x[:1], self.fixed - n, axis=0)])
+        taps = self.parts.taps({self.pipeline.spec.name: x})
+        for it in items:
+            it.timings["trunk"] = self.parts.trunk.last_run_ns
+        return Trunked(list(items), idx, len(x), taps, taps.arrays() if host else None)
+
+    def _run_part(self, part: Any, tr: Trunked, task: str | None, outputs: Any) -> Any:
+        if tr.arrays is None:
+            if task is None:
+                return self.parts.all_heads(tr.taps)
+            return self.parts.head(task, tr.taps, outputs)
+        return part.run({name: tr.arrays[name] for name in part.input_names}, outputs)
+
+    def heads(self, tr: Trunked) -> list[FrameResult]:
+        """Stage 2: the due heads of a :meth:`trunk` batch, decoded; the frames' results."""
+        items, idx, n = tr.items, tr.idx, len(tr.items)
         results: list[dict[str, TaskResult | None]] = [dict.fromkeys(self.tasks) for _ in items]
         ts = [it.timings for it in items]
-        taps = self.parts.taps({self.pipeline.spec.name: x})
-        for t in ts:
-            t["trunk"] = self.parts.trunk.last_run_ns
         merged = self.parts.merged
         if merged is not None and all(
             r.period != 0 and k % r.period == 0 and r.when is None
             for it, k in zip(items, idx)
             for r in (self.rules[it.camera][task] for task in self.tasks)
         ):
-            outs = self.parts.all_heads(taps)
+            outs = self._run_part(merged, tr, None, None)
             t0 = time.perf_counter_ns()
             for j, res in enumerate(results):
                 for task in self.tasks:
@@ -144,11 +173,15 @@ class BatchRunner:
                 continue
             s = self.steps[task]
             head = self.parts.heads[task]
-            if len(want) == len(x) or self.fixed:
-                raw = self.parts.head(task, taps, [s.output])[s.output]
+            if len(want) == tr.rows or self.fixed:
+                raw = self._run_part(head, tr, task, [s.output])[s.output]
                 rows = want
             else:  # the sub-batch that wants this task: its rows of the taps, on the host
-                feed = {name: taps.host(name)[want] for name in head.input_names}
+                src = tr.arrays
+                feed = {
+                    name: (src[name] if src is not None else tr.taps.host(name))[want]
+                    for name in head.input_names
+                }
                 raw = head.run(feed, [s.output])[s.output]
                 rows = list(range(len(want)))
             for j, r in zip(want, rows):
