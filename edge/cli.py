@@ -214,11 +214,64 @@ def _line_config(args: argparse.Namespace) -> LineOutputsConfig | None:
     )
 
 
+def _cmd_station(args: argparse.Namespace) -> int:
+    """``edge run`` with several ``--source`` or a ``--station`` file (runtime/station.py)."""
+    import json
+
+    from edge.runtime.station import run_station
+    from edge.runtime.station_config import (
+        Camera,
+        StationConfig,
+        cameras_from_sources,
+        read_station_file,
+    )
+
+    tasks = tuple(t for t in args.tasks.split(",") if t) if args.tasks else None
+    every, when = tuple(args.every or ()), tuple(args.when or ())
+    if args.station:
+        if args.source:
+            raise EdgeError("give either --station FILE or --source (repeatable), not both")
+        base = Camera("default", "-", tasks, every, when, args.policy)
+        station = read_station_file(args.station, base)
+    else:
+        cams = cameras_from_sources(
+            args.source, tasks=tasks, every=every, when=when, policy=args.policy
+        )
+        station = {"cameras": cams}
+    if args.fused or args.video or args.schedule:
+        raise EdgeError("a station run takes no --fused, --video or --schedule (per-camera rules)")
+    cfg = StationConfig(
+        cameras=station["cameras"],
+        frames=args.frames,
+        duration_s=args.duration,
+        out=Path(args.out) if args.out else None,
+        summary=Path(args.summary) if args.summary else None,
+        backend=args.backend,
+        warmup=args.warmup,
+        max_batch=args.max_batch or station.get("max_batch"),
+        batch_wait_ms=next(
+            (v for v in (args.batch_wait_ms, station.get("batch_wait_ms")) if v is not None), 4.0
+        ),
+        backend_options=_backend_options(args),
+    )
+    summary = run_station(args.bundle, cfg)
+    brief = {k: summary[k] for k in ("frames", "fps", "stopped_by", "batches")}
+    brief["cameras"] = {
+        k: {"frames": c["frames"], "fps": c["fps"]} for k, c in summary["cameras"].items()
+    }
+    print(json.dumps(brief))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.runtime.run import RunConfig, run_bundle
 
+    if args.station or len(args.source or ()) != 1:
+        if not args.station and not args.source:
+            raise EdgeError("edge run needs --source URI (repeat it for a station) or --station")
+        return _cmd_station(args)
     cfg = RunConfig(
-        source=args.source,
+        source=args.source[0],
         tasks=tuple(t for t in args.tasks.split(",") if t) if args.tasks else None,
         schedule=Path(args.schedule) if args.schedule else None,
         every=tuple(args.every or ()),
@@ -474,10 +527,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("bundle")
     r.add_argument(
         "--source",
-        required=True,
+        action="append",
         help="video file, image folder, synthetic:[?frames=N], usb:N, "
         "v4l2:///dev/videoN, rtsp://..., csi://N, genicam://[ID], gst:PIPELINE "
-        "(camera settings as URI options: see the README)",
+        "(camera settings as URI options: see the README); repeat it for a station "
+        "(several cameras batched through one trunk call)",
+    )
+    r.add_argument("--station", help="station JSON file: cameras with their own schedules")
+    r.add_argument("--max-batch", type=int, help="station: most frames per trunk call")
+    r.add_argument(
+        "--batch-wait-ms", type=float, help="station: batching deadline in ms (default 4)"
     )
     r.add_argument(
         "--trigger-every",

@@ -330,6 +330,7 @@ class _Prefetch:
         self.q: queue.Queue[Any] = queue.Queue(maxsize=1)
         self.halt = threading.Event()
         self.unprocessed: list[int] = []
+        self.taken = threading.Event()
         self.thread = threading.Thread(target=self._run, name="edge-prefetch", daemon=True)
         self.thread.start()
 
@@ -343,8 +344,15 @@ class _Prefetch:
         return False
 
     def _run(self) -> None:
+        latest = self.capture.policy.kind == "latest"
         try:
             while not self.halt.is_set():
+                # latest: take the next frame only once the last one was taken, so the frame
+                # handed to inference is the newest, not one that aged in this queue
+                if latest and not self.q.empty():
+                    self.taken.wait(0.05)
+                    self.taken.clear()
+                    continue
                 frame = self.capture.get(timeout=0.05)
                 if frame is None:
                     if self.capture.ended:
@@ -363,6 +371,7 @@ class _Prefetch:
             item = self.q.get(timeout=timeout)
         except queue.Empty:
             return None
+        self.taken.set()
         if isinstance(item, BaseException):
             raise item
         return item

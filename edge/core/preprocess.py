@@ -68,9 +68,24 @@ class InputSpec:
         )
 
 
+SUPERSAMPLE = (2, 4)
+"""Shrinking samples the frame bilinearly on a grid ``s`` times denser than the output per axis
+(``s`` = the shrink factor / 3, kept within these bounds), then averages each ``s`` x ``s``
+block: an area-like filter whose cost follows the output size, not the input's."""
+
+
+def _supersample(src: int, dst: int) -> int:
+    lo, hi = SUPERSAMPLE
+    return min(hi, max(lo, -(-src // (3 * dst))))
+
+
 def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize one uint8 HxWx3 BGR frame to (height, width): area filter when shrinking,
-    bilinear when enlarging. Returns the frame itself when it already has that size."""
+    """Resize one uint8 HxWx3 BGR frame to (height, width). Returns the frame itself when it
+    already has that size; bilinear when enlarging (either axis); when shrinking, bilinear
+    samples on a grid 2-4 times denser (``SUPERSAMPLE``), averaged per block (cv2.INTER_AREA
+    at an integer factor): within ~1 grey level of a full area filter on camera frames, at a
+    cost that follows the output (bench/bench_station.py, 128x128 from 640x480 / 1280x720:
+    0.14 / 0.47 ms, where INTER_AREA costs 0.58 / 1.8 ms)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputContractError(
             f"a frame must be uint8 HxWx3 (BGR), got {image.dtype} {image.shape}; convert "
@@ -79,8 +94,12 @@ def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
-    interp = cv2.INTER_AREA if (h >= height and w >= width) else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interp)
+    if h < height or w < width:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    grid = (width * _supersample(w, width), height * _supersample(h, height))
+    if (w, h) != grid:
+        image = cv2.resize(image, grid, interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def frames_to_input(frames: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:

@@ -1,0 +1,413 @@
+"""``edge run`` with several cameras: one process, engines loaded once, ready frames batched.
+
+Threads: per camera a :class:`~edge.runtime.capture.CaptureThread` (its frame policy, drops,
+gaps and reopen with backoff as in a one-camera run) and a feeder that preprocesses the
+camera's next frame while the current batch is inferred; the calling thread collects a batch,
+runs its trunk (:class:`~edge.runtime.station_batch.BatchRunner`) and, on ONNX Runtime, hands
+it to a heads thread (the heads of batch k run while the trunk runs batch k+1), which hands
+the results to a sink thread. Batching deadline: the first ready frame waits at most
+``batch_wait_ms`` for the other cameras, and only for those whose next frame is due within
+that time, so a slow, stalled or dead camera never holds the others back; its gaps are
+reported per camera.
+
+Every JSONL line carries ``"camera"`` (the camera id) and ``"batch"`` (frames in its trunk
+call); events (``gap``, ``drop``, ``overrun``, ``error``: a camera whose capture failed for
+good, while the others go on) carry the camera id too. The summary has the
+station totals and a one-camera summary per camera.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.core.errors import EdgeError
+from edge.core.files import write_json
+from edge.core.manifest import load_bundle
+from edge.core.preprocess import opencv_threads
+from edge.runtime.capture import CaptureThread
+from edge.runtime.decode import decoders_from_manifest
+from edge.runtime.latency import StageStats
+from edge.runtime.pipeline import FrameResult, Pipeline
+from edge.runtime.schedule import Schedule, build_schedule
+from edge.runtime.sinks import JsonlSink, SinkWorker, TaskTally, WallClock, frame_record
+from edge.runtime.sources.base import Source
+from edge.runtime.sources.uri import open_source
+from edge.runtime.station_batch import BatchRunner, Ready, Trunked, task_order
+from edge.runtime.station_config import StationConfig
+
+IDLE_WAIT_S = 0.05
+
+
+class _Feeder:
+    """Takes one camera's frames from its capture thread, preprocesses each and holds one ready
+    frame for the batcher (``take``); tells the batcher through ``notify``."""
+
+    def __init__(self, index: int, capture: CaptureThread, pipeline: Pipeline, notify: Any) -> None:
+        self.index, self.capture, self.pipeline, self.notify = index, capture, pipeline, notify
+        self.q: queue.Queue[Ready] = queue.Queue(maxsize=1)
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+        self.ended = False
+        self.last_ready_ns: int | None = None
+        self.interval_ns: float | None = None
+        self.taken = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"edge-feed{index}", daemon=True)
+
+    def _run(self) -> None:
+        latest = self.capture.policy.kind == "latest"
+        try:
+            while not self.halt.is_set():
+                if latest and not self.q.empty():  # the newest frame, not one aged here
+                    self.taken.wait(IDLE_WAIT_S)
+                    self.taken.clear()
+                    continue
+                frame = self.capture.get(timeout=IDLE_WAIT_S)
+                if frame is None:
+                    if self.capture.ended:
+                        break
+                    continue
+                t0 = time.perf_counter_ns()
+                x = self.pipeline.preprocess(frame.image)
+                pre = time.perf_counter_ns() - t0
+                queued = frame.t_queued_ns or frame.t_capture_ns
+                now = time.monotonic_ns()
+                item = Ready(
+                    self.index,
+                    x,
+                    frame.image,
+                    frame.id,
+                    frame.t_capture_ns,
+                    now,
+                    frame.source_index,
+                    {"capture": queued - frame.t_capture_ns, "preprocess": pre},
+                )
+                while not self.halt.is_set():
+                    try:
+                        self.q.put(item, timeout=IDLE_WAIT_S)
+                        break
+                    except queue.Full:
+                        continue
+                self.notify()
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.ended = True
+            self.notify()
+
+    def take(self) -> Ready | None:
+        try:
+            item = self.q.get_nowait()
+        except queue.Empty:
+            return None
+        self.taken.set()
+        if self.last_ready_ns is not None:
+            gap = item.t_ready_ns - self.last_ready_ns
+            self.interval_ns = (
+                gap if self.interval_ns is None else 0.8 * self.interval_ns + 0.2 * gap
+            )
+        self.last_ready_ns = item.t_ready_ns
+        return item
+
+    def due_by(self, now_ns: int, end_ns: int, wait_ns: int) -> bool:
+        """True when this camera's next frame is expected by ``end_ns`` and it is not late."""
+        if self.ended or self.last_ready_ns is None or self.interval_ns is None:
+            return False
+        nxt = self.last_ready_ns + self.interval_ns
+        return nxt <= end_ns and now_ns <= nxt + self.interval_ns + wait_ns
+
+
+class Batcher:
+    """Collects one batch: at most one ready frame per camera (see the module doc)."""
+
+    def __init__(self, feeders: list[_Feeder], wait_s: float) -> None:
+        self.feeders, self.wait_ns = feeders, int(wait_s * 1e9)
+        self.cond = threading.Condition()
+        self.seq = 0
+
+    def notify(self) -> None:
+        with self.cond:
+            self.seq += 1
+            self.cond.notify_all()
+
+    def collect(self) -> list[Ready]:
+        """The next batch; empty when nothing came within ``IDLE_WAIT_S``."""
+        got: dict[int, Ready] = {}
+        end: int | None = None
+        t_idle = time.monotonic() + IDLE_WAIT_S
+        while True:
+            with self.cond:
+                seq = self.seq
+            for f in self.feeders:
+                if f.index not in got:
+                    item = f.take()
+                    if item is not None:
+                        got[f.index] = item
+            now = time.monotonic_ns()
+            if got and end is None:
+                end = min(it.t_ready_ns for it in got.values()) + self.wait_ns
+            if end is not None:
+                waiting = [
+                    f
+                    for f in self.feeders
+                    if f.index not in got and f.due_by(now, end, self.wait_ns)
+                ]
+                if not waiting or now >= end:
+                    return [got[i] for i in sorted(got)]
+                timeout = (end - now) / 1e9
+            else:
+                timeout = t_idle - time.monotonic()
+                if timeout <= 0 or all(f.ended for f in self.feeders):
+                    return []
+            with self.cond:
+                if self.seq == seq:
+                    self.cond.wait(timeout)
+
+
+@dataclass
+class _Cam:
+    id: str
+    capture: CaptureThread
+    feeder: _Feeder
+    stats: StageStats
+    tally: TaskTally
+    processed: int = 0
+    gaps_seen: int = 0
+    last_id: int | None = None
+    failed: bool = False
+
+
+def run_station(
+    bundle_path: str | Path,
+    cfg: StationConfig,
+    *,
+    sources: Mapping[str, Source] | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Run the bundle on every camera of ``cfg``; returns (and writes) the summary dict.
+
+    ``sources``: unopened :class:`Source` objects by camera id, used instead of opening that
+    camera's URI. ``stop``: an event that ends the run like a signal."""
+    bundle = load_bundle(bundle_path)
+    decoders = decoders_from_manifest(bundle.manifest)
+    schedules: list[Schedule] = [
+        build_schedule(decoders, tasks=c.tasks, every=c.every, when=c.when) for c in cfg.cameras
+    ]
+    order = task_order(schedules, list(bundle.tasks))
+    srcs = dict(sources or {})
+    opened = [
+        srcs.get(c.id) or open_source(c.source, options=cfg.source_options) for c in cfg.cameras
+    ]
+    batch = bundle.batch
+    cap = int(batch.get("max", 1)) if batch.get("dynamic") else int(batch.get("size", 1))
+    if cfg.max_batch is not None:
+        cap = min(cap, cfg.max_batch)
+    with Pipeline(
+        bundle,
+        backend=cfg.backend,
+        schedule=Schedule.every_frame(order),
+        backend_options=cfg.backend_options,
+    ) as pipeline:
+        runner = BatchRunner(pipeline, schedules, cap)
+        runner.warmup(cfg.warmup)
+        jsonl = JsonlSink(cfg.out) if cfg.out is not None else None
+        try:
+            with opencv_threads(1):
+                return _Run(cfg, pipeline, runner, opened, jsonl, stop).run()
+        finally:
+            if jsonl is not None:
+                jsonl.close()
+
+
+class _Run:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        pipeline: Pipeline,
+        runner: BatchRunner,
+        sources: list[Source],
+        jsonl: JsonlSink | None,
+        stop: threading.Event | None,
+    ) -> None:
+        self.cfg, self.pipeline, self.runner, self.jsonl = cfg, pipeline, runner, jsonl
+        self.stop = stop or threading.Event()
+        self.clock = WallClock()
+        self.batcher = Batcher([], cfg.batch_wait_ms / 1e3)
+        self.cams: list[_Cam] = []
+        for i, (c, src) in enumerate(zip(cfg.cameras, sources)):
+            policy = c.policy or ("latest" if src.is_live else "fifo:4")
+            cap = CaptureThread(src, policy, name=f"edge-capture-{c.id}")
+            feeder = _Feeder(i, cap, pipeline, self.batcher.notify)
+            self.cams.append(_Cam(c.id, cap, feeder, StageStats(), TaskTally(pipeline.tasks)))
+        self.batcher.feeders = [c.feeder for c in self.cams]
+        self.worker = SinkWorker(maxsize=8, name="edge-station-sinks")
+        # ONNX Runtime: the heads of batch k run on their own thread while the trunk runs batch
+        # k+1 (separate sessions, both release the GIL: two cores busy, engines loaded once)
+        host = cfg.backend == "onnxruntime"
+        self.heads = SinkWorker(maxsize=1, name="edge-station-heads") if host else None
+
+    def _heads(self, tr: Trunked, n: int) -> None:
+        for it, result in zip(tr.items, self.runner.heads(tr)):
+            self.worker.submit(self._sink, self.cams[it.camera], result, n)
+
+    def _line(self, record: dict[str, Any]) -> None:
+        if self.jsonl is not None:
+            self.jsonl.event(record)
+
+    def _sink(self, cam: _Cam, result: FrameResult, n: int) -> None:
+        t0 = time.perf_counter_ns()
+        cam.tally.add(result)
+        self._line({"camera": cam.id, "batch": n, **frame_record(result, self.clock)})
+        result.timings_ns["sink"] = time.perf_counter_ns() - t0
+        cam.stats.add(result.timings_ns)
+        cam.stats.add_one("e2e", time.monotonic_ns() - result.t_capture_ns)
+
+    def _events(self, final: bool = False) -> None:
+        for cam in self.cams:
+            overruns = cam.capture.pop_overruns()
+            if overruns:
+                self.worker.submit(
+                    self._line, {"event": "overrun", "camera": cam.id, "frame_ids": overruns}
+                )
+            gaps = cam.capture.stats.gaps
+            for g in gaps[cam.gaps_seen :]:
+                event = {
+                    "event": "gap",
+                    "camera": cam.id,
+                    "t_ns": time.monotonic_ns(),
+                    **g.to_dict(),
+                }
+                self.worker.submit(self._line, event)
+            cam.gaps_seen = len(gaps)
+
+    def _failures(self) -> None:
+        """A camera whose capture failed for good (reconnect off, a file's read error) ends
+        with an ``error`` event under its id; the others go on. All failed: the first error."""
+        for cam in self.cams:
+            e = cam.feeder.error
+            if e is not None and not cam.failed:
+                cam.failed = True
+                event = {"event": "error", "camera": cam.id, "error": f"{type(e).__name__}: {e}"}
+                self.worker.submit(self._line, event)
+        if all(c.failed for c in self.cams):
+            first = self.cams[0].feeder.error
+            assert first is not None
+            raise first
+
+    def _done(self, t_start: int) -> str | None:
+        cfg = self.cfg
+        if self.stop.is_set():
+            return "signal"
+        if cfg.frames is not None and all(
+            c.processed >= cfg.frames or c.feeder.ended for c in self.cams
+        ):
+            return "frames"
+        if cfg.duration_s is not None and time.monotonic_ns() - t_start >= cfg.duration_s * 1e9:
+            return "duration"
+        if all(c.feeder.ended and c.feeder.q.empty() for c in self.cams):
+            return "end"
+        return None
+
+    def run(self) -> dict[str, Any]:
+        stopped_by, error = "end", None
+        started: list[_Cam] = []
+        t_start = time.monotonic_ns()
+        try:
+            for cam in self.cams:
+                cam.capture.start()
+                started.append(cam)
+                cam.feeder.thread.start()
+            t_start = time.monotonic_ns()
+            last_poll = time.monotonic()
+            while True:
+                why = self._done(t_start)
+                if why is not None:
+                    stopped_by = why
+                    break
+                self._failures()
+                items = self.batcher.collect()
+                if time.monotonic() - last_poll >= 1.0:
+                    self._events()
+                    last_poll = time.monotonic()
+                if self.cfg.frames is not None:
+                    items = [i for i in items if self.cams[i.camera].processed < self.cfg.frames]
+                if not items:
+                    continue
+                now = time.monotonic_ns()
+                for it in items:
+                    it.timings["queue_wait"] = max(0, now - it.t_ready_ns)
+                for it in items:
+                    cam = self.cams[it.camera]
+                    cam.processed += 1
+                    if cam.last_id is not None and it.frame_id > cam.last_id + 1:
+                        drop = list(range(cam.last_id + 1, it.frame_id))
+                        self.worker.submit(
+                            self._line, {"event": "drop", "camera": cam.id, "frame_ids": drop}
+                        )
+                    cam.last_id = it.frame_id
+                cap = self.runner.cap
+                for i in range(0, len(items), cap):
+                    tr = self.runner.trunk(items[i : i + cap], host=self.heads is not None)
+                    if self.heads is not None:
+                        self.heads.submit(self._heads, tr, len(items))
+                    else:
+                        self._heads(tr, len(items))
+        except BaseException as e:
+            stopped_by, error = "error", e
+            raise
+        finally:
+            duration_s = (time.monotonic_ns() - t_start) / 1e9
+            for cam in started:
+                cam.feeder.halt.set()
+                cam.capture.stop()
+            for cam in started:
+                cam.feeder.thread.join(timeout=5.0)
+                cam.capture.join(timeout=5.0)
+            if self.heads is not None:
+                self.heads.close()  # every trunk batch's heads and lines
+            with contextlib.suppress(EdgeError):
+                self._events(final=True)
+            self.worker.close()
+            summary = self._summary(stopped_by, duration_s, error)
+            if self.cfg.summary_path is not None:
+                write_json(self.cfg.summary_path, summary)
+        return summary
+
+    def _summary(
+        self, stopped_by: str, duration_s: float, error: BaseException | None
+    ) -> dict[str, Any]:
+        cams = {}
+        for c in self.cams:
+            cams[c.id] = {
+                "source": c.capture.source.describe(),
+                "policy": str(c.capture.policy),
+                "frames": c.processed,
+                "fps": round(c.processed / duration_s, 3) if duration_s > 0 else 0.0,
+                "tasks": c.tally.result(),
+                "capture": c.capture.stats.to_dict(),
+                "stages": c.stats.summary(),
+            }
+            if c.feeder.error is not None:
+                e = c.feeder.error
+                cams[c.id]["error"] = f"{type(e).__name__}: {e}"
+        total = sum(c.processed for c in self.cams)
+        out: dict[str, Any] = {
+            "frames": total,
+            "duration_s": round(duration_s, 4),
+            "fps": round(total / duration_s, 3) if duration_s > 0 else 0.0,
+            "stopped_by": stopped_by,
+            "batches": {str(k): v for k, v in sorted(self.runner.batches.items())},
+            "max_batch": self.runner.cap,
+            "batch_wait_ms": self.cfg.batch_wait_ms,
+            "run": {**self.pipeline.describe(), "order": self.runner.order},
+            "cameras": cams,
+        }
+        if error is not None:
+            out["error"] = f"{type(error).__name__}: {error}"
+        return out
