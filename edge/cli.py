@@ -215,7 +215,7 @@ def _line_config(args: argparse.Namespace) -> LineOutputsConfig | None:
 
 
 def _cmd_station(args: argparse.Namespace) -> int:
-    """``edge run`` with several ``--source`` or a ``--station`` file (runtime/station.py)."""
+    """``edge run`` with several ``--source`` or a ``--station-file`` (runtime/station.py)."""
     import json
 
     from edge.runtime.station import run_station
@@ -228,11 +228,11 @@ def _cmd_station(args: argparse.Namespace) -> int:
 
     tasks = tuple(t for t in args.tasks.split(",") if t) if args.tasks else None
     every, when = tuple(args.every or ()), tuple(args.when or ())
-    if args.station:
+    if args.station_file:
         if args.source:
-            raise EdgeError("give either --station FILE or --source (repeatable), not both")
+            raise EdgeError("give either --station-file FILE or --source (repeatable), not both")
         base = Camera("default", "-", tasks, every, when, args.policy)
-        station = read_station_file(args.station, base)
+        station = read_station_file(args.station_file, base)
     else:
         cams = cameras_from_sources(
             args.source, tasks=tasks, every=every, when=when, policy=args.policy
@@ -266,9 +266,11 @@ def _cmd_station(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge.runtime.run import RunConfig, run_bundle
 
-    if args.station or len(args.source or ()) != 1:
-        if not args.station and not args.source:
-            raise EdgeError("edge run needs --source URI (repeat it for a station) or --station")
+    if args.station_file or len(args.source or ()) != 1:
+        if not args.station_file and not args.source:
+            raise EdgeError(
+                "edge run needs --source URI (repeat it for a station) or --station-file"
+            )
         return _cmd_station(args)
     cfg = RunConfig(
         source=args.source[0],
@@ -533,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(camera settings as URI options: see the README); repeat it for a station "
         "(several cameras batched through one trunk call)",
     )
-    r.add_argument("--station", help="station JSON file: cameras with their own schedules")
+    r.add_argument("--station-file", help="station JSON file: cameras with their own schedules")
     r.add_argument("--max-batch", type=int, help="station: most frames per trunk call")
     r.add_argument(
         "--batch-wait-ms", type=float, help="station: batching deadline in ms (default 4)"

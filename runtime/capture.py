@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
-from edge.core.errors import EdgeError, SourceError
+from edge.core.errors import EdgeError, SourceError, SourceSettingError
 from edge.runtime.capture_types import (
     POLICY_FORMS,
     CaptureStats,
@@ -152,7 +152,7 @@ class CaptureThread:
             try:
                 self.source.open()
             except SourceError as e:
-                if not (self.source.is_live and self.open_timeout_s > 0):
+                if not retryable(self.source, e, self.open_timeout_s):
                     raise
                 self._first_open_error = e  # the monitor thread retries
         self._progress_ns = self._beat_monitor_ns = self._beat_consumer_ns = time.monotonic_ns()
@@ -472,6 +472,12 @@ class CaptureThread:
             self._cond.notify_all()
 
 
+def retryable(src: Source, error: SourceError, open_timeout_s: float) -> bool:
+    """Whether a failed first open is retried: a live source that may come up later, not a
+    setting it refuses."""
+    return src.is_live and open_timeout_s > 0 and not isinstance(error, SourceSettingError)
+
+
 def _plain_sleep(seconds: float) -> bool:
     time.sleep(seconds)
     return False  # nothing can ask it to stop (Ctrl-C raises)
@@ -513,6 +519,8 @@ def retry_first_open(
         attempts += 1
         try:
             src.open()
+        except SourceSettingError:
+            raise  # it answered this time, and refuses a setting
         except SourceError as e:
             error = e
             continue

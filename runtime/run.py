@@ -39,7 +39,7 @@ from edge.core.errors import ConfigError, SourceError
 from edge.core.files import write_json
 from edge.core.manifest import load_bundle
 from edge.core.preprocess import opencv_threads
-from edge.runtime.capture import CaptureThread, parse_policy, retry_first_open
+from edge.runtime.capture import CaptureThread, parse_policy, retry_first_open, retryable
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.latency import StageStats
 from edge.runtime.line import LineOutputsConfig
@@ -289,7 +289,7 @@ def _open_source(source: Source, open_timeout_s: float) -> None:
     try:
         source.open()
     except SourceError as e:
-        if not source.is_live or open_timeout_s <= 0:
+        if not retryable(source, e, open_timeout_s):
             raise
         retry_first_open(source, e, open_timeout_s)
 

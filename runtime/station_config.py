@@ -2,7 +2,7 @@
 
 A station is several cameras on one board run by one process: engines loaded once, the frames
 that are ready batched through one trunk call. ``edge run BUNDLE --source A --source B`` names
-cameras ``cam0``, ``cam1``, ...; ``--station FILE`` reads them from JSON::
+cameras ``cam0``, ``cam1``, ...; ``--station-file FILE`` reads them from JSON::
 
     {"cameras": [
        {"id": "left", "source": "usb:0"},
@@ -78,7 +78,7 @@ class StationConfig:
 
     def __post_init__(self) -> None:
         if not self.cameras:
-            raise ConfigError("a station needs at least one camera (--source or --station)")
+            raise ConfigError("a station needs at least one camera (--source or --station-file)")
         ids = [c.id for c in self.cameras]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:

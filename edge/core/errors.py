@@ -95,6 +95,11 @@ class SourceError(EdgeError):
     stage = "source"
 
 
+class SourceSettingError(SourceError):
+    """The source answered but refuses a setting (an unknown feature, a value out of range, a
+    format it does not honour): retrying cannot help, so it is never retried."""
+
+
 class InputContractError(EdgeError):
     """A feed given to a backend does not match the model's inputs (names, shapes, dtypes)."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from edge.core.errors import SourceError
+from edge.core.errors import SourceError, SourceSettingError
 
 STANDARD_FEATURES: dict[str, tuple[str, ...]] = {
     # URI key -> the camera nodes tried in order (SFNC name first, then older GigE Vision names)
@@ -156,7 +156,7 @@ def _resolve(camera: Any, where: str, key: str, candidates: tuple[str, ...]) -> 
     close = difflib.get_close_matches(candidates[0], known, n=3)
     tried = " or ".join(candidates)
     hint = f"; similar features: {', '.join(close)}" if close else ""
-    raise SourceError(
+    raise SourceSettingError(
         f"{where}: the camera has no available feature {tried} (URI option {key}){hint}. "
         "List them with: arv-tool-0.8 -a ADDRESS features"
     )
@@ -193,18 +193,22 @@ def set_feature(arv: Any, camera: Any, name: str, text: str, where: str) -> Any:
     what = f"{where}: feature {name}={text!r}"
     access = _access(node)
     if "W" not in access:
-        raise SourceError(f"{what}: {name} is read-only (access {access}); remove it from the URI")
+        raise SourceSettingError(
+            f"{what}: {name} is read-only (access {access}); remove it from the URI"
+        )
     if kind == "enum":
         options = list(camera.dup_available_enumerations_as_strings(name) or [])
         if text not in options:
-            raise SourceError(f"{what} is not one of the camera's values: {', '.join(options)}")
+            raise SourceSettingError(
+                f"{what} is not one of the camera's values: {', '.join(options)}"
+            )
         camera.set_string(name, text)
         back: Any = camera.get_string(name)
         ok = back == text
     elif kind == "bool":
         flag = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}
         if text.lower() not in flag:
-            raise SourceError(f"{what}: expected true or false")
+            raise SourceSettingError(f"{what}: expected true or false")
         camera.set_boolean(name, flag[text.lower()])
         back = camera.get_boolean(name)
         ok = back == flag[text.lower()]
@@ -212,7 +216,7 @@ def set_feature(arv: Any, camera: Any, name: str, text: str, where: str) -> Any:
         value = _number(text, float, what)
         lo, hi = camera.get_float_bounds(name)
         if not lo <= value <= hi:
-            raise SourceError(f"{what} is out of range: the camera accepts [{lo:g}, {hi:g}]")
+            raise SourceSettingError(f"{what} is out of range: the camera accepts [{lo:g}, {hi:g}]")
         camera.set_float(name, value)
         back = camera.get_float(name)
         ok = abs(back - value) <= max(1e-6, 0.01 * abs(value))
@@ -222,7 +226,9 @@ def set_feature(arv: Any, camera: Any, name: str, text: str, where: str) -> Any:
         inc = max(1, int(camera.get_integer_increment(name)))
         if not lo <= value <= hi or (value - lo) % inc:
             step = f" in steps of {inc}" if inc > 1 else ""
-            raise SourceError(f"{what} is out of range: the camera accepts [{lo}, {hi}]{step}")
+            raise SourceSettingError(
+                f"{what} is out of range: the camera accepts [{lo}, {hi}]{step}"
+            )
         camera.set_integer(name, value)
         back = camera.get_integer(name)
         ok = back == value
@@ -231,9 +237,9 @@ def set_feature(arv: Any, camera: Any, name: str, text: str, where: str) -> Any:
         back = camera.get_string(name)
         ok = back == text
     else:
-        raise SourceError(f"{what}: {name} is a {type(node).__name__}, not a settable value")
+        raise SourceSettingError(f"{what}: {name} is a {type(node).__name__}, not a settable value")
     if not ok:
-        raise SourceError(f"{what}: the camera kept {back!r}; it did not accept the value")
+        raise SourceSettingError(f"{what}: the camera kept {back!r}; it did not accept the value")
     return back
 
 
@@ -241,6 +247,6 @@ def _number(text: str, kind: type, what: str) -> Any:
     try:
         return kind(text)
     except ValueError:
-        raise SourceError(
+        raise SourceSettingError(
             f"{what}: expected {'an integer' if kind is int else 'a number'}"
         ) from None

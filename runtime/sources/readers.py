@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.core.errors import SourceError
+from edge.core.errors import SourceError, SourceSettingError
 from edge.data.demo_line import LineConfig, render_frame
 from edge.runtime.sources.base import RawFrame, Source, SourceOptions, redact_uri
 
@@ -313,7 +313,7 @@ class OpenCVCaptureSource(Source):
             if want and not ok
         ]
         if wrong:
-            raise SourceError(
+            raise SourceSettingError(
                 f"{self._name()} did not honour {', '.join(wrong)}. List what it supports with "
                 "v4l2-ctl --list-formats-ext -d DEVICE"
             )

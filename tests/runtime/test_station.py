@@ -199,5 +199,5 @@ def test_cli_repeated_source_runs_a_station(
     assert json.loads((tmp_path / "cli.summary.json").read_text())["cameras"]["cam1"]["frames"] == 4
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    assert main(["run", str(dyn_bundle), "--station", str(bad)]) == 2
+    assert main(["run", str(dyn_bundle), "--station-file", str(bad)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
