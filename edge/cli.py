@@ -214,6 +214,18 @@ def _line_config(args: argparse.Namespace) -> LineOutputsConfig | None:
     )
 
 
+_STATION_UNSUPPORTED = (
+    ("--verify-key", "verify_key"),
+    ("--rotate", "rotate"),
+    ("--mqtt", "mqtt"),
+    ("--opcua", "opcua"),
+    ("--metrics", "metrics"),
+    ("--reject", "reject"),
+    ("--trigger-every", "trigger_every"),
+)
+"""edge run flags the station (runtime/station.py) does not implement yet."""
+
+
 def _cmd_station(args: argparse.Namespace) -> int:
     """``edge run`` with several ``--source`` or a ``--station-file`` (runtime/station.py)."""
     import json
@@ -240,6 +252,16 @@ def _cmd_station(args: argparse.Namespace) -> int:
         station = {"cameras": cams}
     if args.fused or args.video or args.schedule:
         raise EdgeError("a station run takes no --fused, --video or --schedule (per-camera rules)")
+    unsupported = [
+        flag
+        for flag, attr in _STATION_UNSUPPORTED
+        if getattr(args, attr, None) not in (None, False, [], ())
+    ]
+    if unsupported:  # refused, never silently dropped
+        raise EdgeError(
+            f"a station run (several --source or --station-file) does not take "
+            f"{', '.join(unsupported)} yet; run one camera per edge run for those"
+        )
     cfg = StationConfig(
         cameras=station["cameras"],
         frames=args.frames,

@@ -362,6 +362,8 @@ class CaptureThread:
             self._count("reopen_attempts")
             try:
                 self.source.open()
+            except SourceSettingError:
+                raise  # it answered and refuses a setting: reopening again cannot help
             except Exception:
                 continue
             self._count("reopens")

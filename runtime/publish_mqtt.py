@@ -15,7 +15,6 @@ Delivery is at least once: a frame may arrive twice around a reconnect; ``msg`` 
 from __future__ import annotations
 
 import collections
-import json
 import os
 import ssl
 import threading
@@ -28,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from edge.core.errors import ConfigError, require
 from edge.runtime.line import SCHEMA_VERSION, LineOutputsConfig, RunHeader
+from edge.runtime.outputs import json_line
 from edge.runtime.spool import Spool
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class MqttPublisher:
         with self._lock:
             self.counts["connects"] += 1
             self._resync = True
-        self._publish(self.topics["info"], json.dumps(self.header.to_json()).encode(), True)
+        self._publish(self.topics["info"], json_line(self.header.to_json()).rstrip(b"\n"), True)
         self._publish(self.topics["status"], self._status("online"), True)
         self._connected.set()
         self._wake.set()
@@ -182,12 +182,12 @@ class MqttPublisher:
         self, record: Mapping[str, Any], timings_ns: Mapping[str, int], counters: Mapping[str, int]
     ) -> None:
         """Queue one frame's record (and its reject message); never blocks."""
-        payload = json.dumps(record, separators=(",", ":")).encode()
+        payload = json_line(record).rstrip(b"\n")  # strict JSON: NaN/Infinity become null
         self._inbox.append((self.topics["result"], payload, 1, False))
         if record.get("reject"):
             rej = {k: record[k] for k in ("v", "run", "frame", "msg", "t")}
             rej["reject"] = True
-            self._inbox.append((self.topics["reject"], json.dumps(rej).encode(), 1, False))
+            self._inbox.append((self.topics["reject"], json_line(rej).rstrip(b"\n"), 1, False))
             self.counts["rejects"] += 1
         self.counts["posted"] += 1
         self._wake.set()
@@ -206,7 +206,7 @@ class MqttPublisher:
         }
         if reason:
             d["reason"] = reason
-        return json.dumps(d).encode()
+        return json_line(d).rstrip(b"\n")
 
     def _publish(
         self, topic: str, payload: bytes, retain: bool = False, keep: bool = False

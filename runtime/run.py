@@ -295,6 +295,8 @@ def _open_source(source: Source, open_timeout_s: float) -> None:
 
 
 def _precision(cfg: RunConfig) -> str:
+    if cfg.backend == "triton":
+        return "server"  # what the Triton repository was exported with
     given = cfg.backend_options.get("precision")
     return str(given) if given else ("fp16" if cfg.backend in ("tensorrt", "trt") else "fp32")
 

@@ -26,6 +26,7 @@ from edge.core.errors import BundleError, ConfigError, EngineMismatchError
 from edge.core.files import sha256_file, staged_dir, write_json, write_text
 from edge.core.manifest import Bundle, load_bundle, part_file
 from edge.core.sidecar import read_sidecar
+from edge.core.trt_version import PRECISIONS
 from edge.runtime.backends.registry import create_backend
 from edge.runtime.backends.triton import (
     BLS,
@@ -39,7 +40,6 @@ from edge.runtime.backends.triton import (
 )
 
 FLAVORS = ("onnxruntime", "tensorrt", "python")
-PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 REPO_MANIFEST = "etr_triton.json"
 _MODELS = Path(__file__).parent / "python_models"

@@ -116,7 +116,7 @@ def test_service_command_line_parses_in_the_real_cli() -> None:
     argv = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], a) for a in start.split()[1:]]
     args = build_parser().parse_args(argv)
     assert (args.backend, args.precision, args.open_timeout) == ("tensorrt", "fp16", 600.0)
-    assert args.source == "csi://0" and args.out == env["EDGE_OUT"]
+    assert args.source == ["csi://0"] and args.out == env["EDGE_OUT"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")

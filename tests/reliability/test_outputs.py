@@ -84,7 +84,7 @@ def test_a_run_that_fails_to_start_leaves_earlier_results_untouched(
     with pytest.raises(SourceError, match="unreachable"):
         run_bundle(
             tiny_bundle,
-            RunConfig(source="cam", out=out, warmup=0),
+            RunConfig(source="cam", out=out, warmup=0, open_timeout_s=0.3),  # retried briefly
             source=_Unreachable("cam"),
         )
     assert out.read_bytes() == before and out.with_name("r.summary.json").read_bytes() == summary

@@ -201,3 +201,11 @@ def test_cli_repeated_source_runs_a_station(
     bad.write_text("{")
     assert main(["run", str(dyn_bundle), "--station-file", str(bad)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_station_refuses_flags_it_does_not_implement(dyn_bundle: Path, tmp_path: Path) -> None:
+    from edge.cli import main
+
+    srcs = ["--source", "synthetic:?frames=2", "--source", "synthetic:?frames=2"]
+    assert main(["run", str(dyn_bundle), *srcs, "--metrics", "127.0.0.1:0"]) == 2
+    assert main(["run", str(dyn_bundle), *srcs, "--verify-key", str(tmp_path / "k.pub")]) == 2
