@@ -5,7 +5,8 @@
 
 - ``path/to/video.mp4`` or ``file:///abs/video.mp4``: a video file (OpenCV); ends cleanly, optional
   ``loop`` and ``realtime`` pacing (to ``options.fps`` or the file's own fps).
-- ``path/to/folder``: ``*.png *.jpg *.jpeg *.bmp`` in natural sort order, ``*_mask.png`` skipped.
+- ``path/to/folder``: images (``edge.core.files.IMAGE_SUFFIXES``) in natural sort order,
+  ``*_mask.png`` skipped.
 - ``synthetic:?frames=N&seed=S&fps=F&width=W&height=H&live=0|1``: the demo line
   (:mod:`edge.data.demo_line`); endless unless ``frames``; ``fps=0`` means as fast as possible;
   ``live=1`` makes it behave as a free-running camera (the capture policy may drop/overrun).
@@ -62,7 +63,7 @@ APPSINK_LOW_LATENCY = "appsink drop=1 max-buffers=1 sync=false"
 FFMPEG_RTSP_OPTIONS = "rtsp_transport;tcp|fflags;nobuffer|flags;low_delay"
 ACCEPTED_FORMS = (
     "path/to/video.mp4 or file:///abs/path/video.mp4 (video file)",
-    "path/to/folder (images *.png *.jpg *.jpeg *.bmp; *_mask.png skipped)",
+    f"path/to/folder (images {' '.join('*' + x for x in IMAGE_SUFFIXES)}; *_mask.png skipped)",
     "synthetic: or synthetic:?frames=N&seed=S&fps=F&width=W&height=H&live=0|1 (demo line)",
     "usb:N or v4l2:///dev/videoN [?width=W&height=H&fps=F&fourcc=MJPG]",
     "rtsp://[user:pass@]host[:port]/path [?latency=MS&transport=tcp|udp]",
