@@ -232,8 +232,15 @@ def run_bundle(
         header = run_header(
             bundle.root, cfg.backend, _precision(cfg), cfg.split, redact_uri(cfg.source)
         )
-        locked = cfg.out if cfg.out is not None else cfg.video
-        lock = OutputLock(locked) if locked is not None else None
+        locks: list[OutputLock] = []
+        for path in (cfg.out, cfg.video):  # a second run on any of them is refused
+            if path is not None:
+                try:
+                    locks.append(OutputLock(path))
+                except BaseException:
+                    for held in locks:
+                        held.release()
+                    raise
         outputs: list[Sink] = []
         jsonl: JsonlSink | None = None
         outputs_closed = False
@@ -260,7 +267,6 @@ def run_bundle(
             capture = CaptureThread(source, policy, open_timeout_s=cfg.open_timeout_s)
             loop = _Loop(cfg, pipeline, capture, jsonl, outputs, stop)
             loop.header, loop.warnings = header, warnings
-            outputs_closed = True  # from here the loop closes them, once
             # overlap: one core resizes the next frame while ONNX Runtime infers on the other
             threads = opencv_threads(1) if cfg.overlap else contextlib.nullcontext()
             # under systemd (Type=notify): READY now, WATCHDOG while capture and pipeline live
@@ -268,6 +274,7 @@ def run_bundle(
             notifier = ServiceNotifier(capture.heartbeat_age_s, status=status)
             with _StopFlag() as flag, threads, trigger, notifier:
                 loop.flag = flag.event
+                outputs_closed = True  # from here the loop closes them, once
                 summary = loop.run()
         finally:
             with contextlib.suppress(Exception):
@@ -278,8 +285,8 @@ def run_bundle(
                         s.close()
             if jsonl is not None:
                 jsonl.close()
-            if lock is not None:
-                lock.release()
+            for held in locks:
+                held.release()
     return summary
 
 

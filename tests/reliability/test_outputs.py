@@ -181,3 +181,18 @@ def test_the_lock_is_released_after_a_run(tiny_bundle: Path, tmp_path: Path) -> 
     lock.release()
     run_bundle(tiny_bundle, RunConfig(source=SYNTH, out=out, warmup=0))
     OutputLock(out).release()  # free again
+
+
+def test_every_output_is_locked_not_only_the_jsonl(tiny_bundle: Path, tmp_path: Path) -> None:
+    video = tmp_path / "v.avi"
+    held = OutputLock(video)  # another run writing this video
+    try:
+        with pytest.raises(OutputError, match="another edge run"):
+            run_bundle(
+                tiny_bundle,
+                RunConfig(source=SYNTH, out=tmp_path / "r.jsonl", video=video, warmup=0),
+            )
+        assert not (tmp_path / "r.jsonl").exists()  # refused before anything was written
+    finally:
+        held.release()
+    OutputLock(tmp_path / "r.jsonl").release()  # the refused run let go of the JSONL's lock
