@@ -153,10 +153,9 @@ def _engine_outputs(
     the TensorRT trunk's device taps when there is a trunk engine and ``heads_from`` is
     'engine', else on the reference taps (a head judged on its own)."""
     trunk = engines.get("trunk")
-    taps = trunk.run_taps(feed) if trunk is not None else None
-    if heads_from == "reference":
-        taps = None
-    got = {"trunk": taps.arrays()} if taps is not None else {}
+    trunk_taps = trunk.run_taps(feed) if trunk is not None else None
+    got = {"trunk": trunk_taps.arrays()} if trunk_taps is not None else {}  # always compared
+    taps = trunk_taps if heads_from == "engine" else None
     for part, engine in engines.items():
         names = [t.name for t in engine.inputs()]
         if part == "trunk":
