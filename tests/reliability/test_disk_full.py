@@ -52,10 +52,12 @@ def test_jsonl_on_a_full_disk_keeps_whole_lines_and_says_disk_full(
         assert r.returncode == 2, r.stderr
         assert "Traceback" not in r.stderr and "free space" in r.stderr
         lines = frames_of(out)  # every line parses; the file ends with a newline
+        written = records(out)
     s = json.loads(summary.read_text())
     assert s["stopped_by"] == "disk full"
     assert 0 < len(lines) <= s["frames"] < 4000
-    assert s["run"]["outputs"]["jsonl_lines"] == len(lines)  # lines after the header
+    assert written[0]["event"] == "run"  # the header, then frames and events (e.g. unprocessed)
+    assert s["run"]["outputs"]["jsonl_lines"] == len(written) - 1  # every line after the header
     assert "stopped by disk full" in r.stdout  # the summary is printed before the error
 
 
