@@ -140,6 +140,16 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
+def summary_path(out: Path | None, summary: Path | None) -> Path | None:
+    """Where a run's summary goes: ``summary`` when given, else ``<out>.summary.json`` beside the
+    JSONL (``r.jsonl`` -> ``r.summary.json``), else nowhere."""
+    if summary is not None:
+        return Path(summary)
+    if out is not None:
+        return Path(out).with_name(Path(out).stem + ".summary.json")
+    return None
+
+
 class OutputLock:
     """An exclusive lock on ``.NAME.lock`` beside ``path``, held until :meth:`release`."""
 

@@ -54,6 +54,7 @@ from edge.runtime.outputs import (
     run_header,
     stop_reason,
     strict_json,
+    summary_path,
 )
 from edge.runtime.pipeline import FrameResult, Pipeline
 from edge.runtime.schedule import build_schedule, read_schedule_file
@@ -145,12 +146,7 @@ class RunConfig:
 
     @property
     def summary_path(self) -> Path | None:
-        if self.summary is not None:
-            return Path(self.summary)
-        if self.out is not None:
-            out = Path(self.out)
-            return out.with_name(out.stem + ".summary.json")
-        return None
+        return summary_path(self.out, self.summary)
 
 
 class _StopFlag:

@@ -25,6 +25,7 @@ from typing import Any
 
 from edge.core.errors import ConfigError
 from edge.runtime.capture import parse_policy
+from edge.runtime.outputs import summary_path
 from edge.runtime.sources.base import SourceOptions
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -96,12 +97,7 @@ class StationConfig:
 
     @property
     def summary_path(self) -> Path | None:
-        if self.summary is not None:
-            return Path(self.summary)
-        if self.out is not None:
-            out = Path(self.out)
-            return out.with_name(out.stem + ".summary.json")
-        return None
+        return summary_path(self.out, self.summary)
 
 
 def cameras_from_sources(
