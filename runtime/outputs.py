@@ -311,6 +311,14 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def run_precision(backend: str, backend_options: Mapping[str, Any]) -> str:
+    """The precision a run's header records for ``backend`` and its options."""
+    if backend == "triton":
+        return "server"  # what the Triton repository was exported with
+    given = backend_options.get("precision")
+    return str(given) if given else ("fp16" if backend in ("tensorrt", "trt") else "fp32")
+
+
 def run_header(
     root: Path, backend: str, precision: str, split: bool, source: str
 ) -> dict[str, Any]:

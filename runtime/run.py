@@ -52,6 +52,7 @@ from edge.runtime.outputs import (
     clean_stale_outputs,
     parse_rotate,
     run_header,
+    run_precision,
     stop_reason,
     strict_json,
     summary_path,
@@ -226,7 +227,11 @@ def run_bundle(
     ) as pipeline:
         pipeline.warmup(cfg.warmup)
         header = run_header(
-            bundle.root, cfg.backend, _precision(cfg), cfg.split, redact_uri(cfg.source)
+            bundle.root,
+            cfg.backend,
+            run_precision(cfg.backend, cfg.backend_options),
+            cfg.split,
+            redact_uri(cfg.source),
         )
         locks: list[OutputLock] = []
         for path in (cfg.out, cfg.video):  # a second run on any of them is refused
@@ -295,13 +300,6 @@ def _open_source(source: Source, open_timeout_s: float) -> None:
         if not retryable(source, e, open_timeout_s):
             raise
         retry_first_open(source, e, open_timeout_s)
-
-
-def _precision(cfg: RunConfig) -> str:
-    if cfg.backend == "triton":
-        return "server"  # what the Triton repository was exported with
-    given = cfg.backend_options.get("precision")
-    return str(given) if given else ("fp16" if cfg.backend in ("tensorrt", "trt") else "fp32")
 
 
 _END = object()

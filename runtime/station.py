@@ -34,10 +34,17 @@ from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.latency import StageStats
+from edge.runtime.outputs import (
+    OutputLock,
+    check_output_paths,
+    run_header,
+    run_precision,
+    strict_json,
+)
 from edge.runtime.pipeline import FrameResult, Pipeline
 from edge.runtime.schedule import Schedule, build_schedule
 from edge.runtime.sinks import JsonlSink, SinkWorker, TaskTally, WallClock, frame_record
-from edge.runtime.sources.base import Source
+from edge.runtime.sources.base import Source, redact_uri
 from edge.runtime.sources.uri import open_source
 from edge.runtime.station_batch import BatchRunner, Ready, Trunked, task_order
 from edge.runtime.station_config import StationConfig
@@ -195,6 +202,8 @@ def run_station(
     ``sources``: unopened :class:`Source` objects by camera id, used instead of opening that
     camera's URI. ``stop``: an event that ends the run like a signal."""
     bundle = load_bundle(bundle_path)
+    for camera in cfg.cameras:  # outputs that are a camera's file or each other are refused
+        check_output_paths(camera.source, cfg.out, None, cfg.summary_path)
     decoders = decoders_from_manifest(bundle.manifest)
     schedules: list[Schedule] = [
         build_schedule(decoders, tasks=c.tasks, every=c.every, when=c.when) for c in cfg.cameras
@@ -216,13 +225,22 @@ def run_station(
     ) as pipeline:
         runner = BatchRunner(pipeline, schedules, cap)
         runner.warmup(cfg.warmup)
-        jsonl = JsonlSink(cfg.out) if cfg.out is not None else None
+        # the output safety of edge run: header line, lock, appended whole lines
+        sources = ",".join(redact_uri(c.source) for c in cfg.cameras)
+        header = run_header(
+            bundle.root, cfg.backend, run_precision(cfg.backend, cfg.backend_options), True, sources
+        )
+        lock = OutputLock(cfg.out) if cfg.out is not None else None
+        jsonl = None
         try:
+            jsonl = JsonlSink(cfg.out, header=header) if cfg.out is not None else None
             with opencv_threads(1):
                 return _Run(cfg, pipeline, runner, opened, jsonl, stop).run()
         finally:
             if jsonl is not None:
                 jsonl.close()
+            if lock is not None:
+                lock.release()
 
 
 class _Run:
@@ -376,7 +394,7 @@ class _Run:
             self.worker.close()
             summary = self._summary(stopped_by, duration_s, error)
             if self.cfg.summary_path is not None:
-                write_json(self.cfg.summary_path, summary)
+                write_json(self.cfg.summary_path, strict_json(summary))
         return summary
 
     def _summary(

@@ -197,6 +197,13 @@ def test_cli_repeated_source_runs_a_station(
         (c, i) for c in ("cam0", "cam1") for i in range(4)
     ]
     assert json.loads((tmp_path / "cli.summary.json").read_text())["cameras"]["cam1"]["frames"] == 4
+    header = json.loads(out.read_text().splitlines()[0])  # edge run's header line, appended
+    assert header["event"] == "run" and len(header["bundle_sha256"]) == 64
+    video = tmp_path / "cam.avi"
+    video.write_bytes(b"not really a video")
+    argv = ["run", str(dyn_bundle), "--source", src, "--source", str(video), "--out", str(video)]
+    assert main(argv) == 2 and video.read_bytes() == b"not really a video"  # never clobbered
+    assert "same file" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     assert main(["run", str(dyn_bundle), "--station-file", str(bad)]) == 2
