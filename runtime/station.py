@@ -226,9 +226,9 @@ def run_station(
         runner = BatchRunner(pipeline, schedules, cap)
         runner.warmup(cfg.warmup)
         # the output safety of edge run: header line, lock, appended whole lines
-        sources = ",".join(redact_uri(c.source) for c in cfg.cameras)
+        uris = ",".join(redact_uri(c.source) for c in cfg.cameras)
         header = run_header(
-            bundle.root, cfg.backend, run_precision(cfg.backend, cfg.backend_options), True, sources
+            bundle.root, cfg.backend, run_precision(cfg.backend, cfg.backend_options), True, uris
         )
         lock = OutputLock(cfg.out) if cfg.out is not None else None
         jsonl = None
