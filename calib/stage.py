@@ -46,7 +46,7 @@ from typing import Any
 import onnx
 
 from edge import __version__
-from edge.calib.algorithms import ALGORITHMS, compute_amax
+from edge.calib.algorithms import ALGORITHMS, choose_mse, compute_amax
 from edge.calib.cache import CalibrationCache, write_cache, write_cache_sidecar
 from edge.calib.collect import (
     PartStats,
@@ -86,7 +86,8 @@ class CalibConfig:
     batch: int = 32
     seed: int = 0
     algorithm: str = "entropy"
-    """entropy (TensorRT EntropyCalibration2), minmax, or percentile."""
+    """entropy (TensorRT EntropyCalibration2), minmax, percentile, or mse (per tensor, entropy or
+    minmax, whichever quantizes its histogram with the lower error)."""
     percentile: float = 99.99
     target: TrtVersion | str = DEFAULT_TARGET
     """TensorRT version the caches are for (their header: 10.3.0 -> TRT-100300-...)."""
@@ -168,6 +169,11 @@ def _part_amaxes(stats: Mapping[str, PartStats], cfg: CalibConfig) -> dict[str, 
                 done[id(s)] = compute_amax(s, cfg.algorithm, percentile=cfg.percentile)
             out[part][name] = done[id(s)]
     return out
+
+
+def _mse_choices(stats: Mapping[str, PartStats]) -> dict[str, dict[str, str]]:
+    """For ``--algorithm mse``: the algorithm chosen for each tensor of each part."""
+    return {p: {n: choose_mse(ps.stats[n])[0] for n in ps.tensors} for p, ps in stats.items()}
 
 
 EXACT_LEVELS = 127.0
@@ -425,6 +431,7 @@ def calibrate_bundle(
         "tensors": {p: len(c.scales) for p, c in caches.items()},
         "qdq": {p: plan.summary() for p, plan in q.plans.items()},
         "exact_input_scales": exact,
+        **({"mse_choice": _mse_choices(stats)} if cfg.algorithm == "mse" else {}),
     }
     report["timing_s"] = {
         "frames": round(t1 - t0, 3),

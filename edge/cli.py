@@ -471,7 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--frames", type=int, default=512, help="calibration frames (shuffled)")
     k.add_argument("--batch", type=int, default=32)
     k.add_argument("--seed", type=int, default=0, help="shuffling seed")
-    k.add_argument("--algorithm", default="entropy", choices=["entropy", "minmax", "percentile"])
+    k.add_argument(
+        "--algorithm", default="entropy", choices=["entropy", "minmax", "percentile", "mse"]
+    )
     k.add_argument("--percentile", type=float, default=99.99)
     k.add_argument(
         "--target",

@@ -176,6 +176,17 @@ def test_without_evaluation_frames(tiny_bundle: Path, tmp_path: Path) -> None:
     assert read_cache(root / "calib/trunk.cache").algorithm == "EntropyCalibration2"
 
 
+def test_mse_records_the_choice_of_every_tensor(tiny_bundle: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_bundle, tmp_path)
+    calibrate_bundle(root, CalibConfig(**{**FAST, "eval_frames": 0}, algorithm="mse"))
+    cal = json.loads((root / "calib/report.json").read_text())["calibration"]
+    trunk = read_cache(root / "calib/trunk.cache")
+    assert cal["algorithm"] == "mse" and trunk.algorithm == "EntropyCalibration2"
+    chosen = cal["mse_choice"]
+    assert set(chosen["trunk"]) == set(trunk.scales)
+    assert set().union(*(c.values() for c in chosen.values())) <= {"entropy", "minmax"}
+
+
 def test_float_input_dynamic_batch_bundle(tmp_path: Path) -> None:
     """Without in-graph preprocessing the float image itself is calibrated and quantized."""
     from tiny_models import make_tiny_bundle
