@@ -132,6 +132,7 @@ def main() -> None:
         default="entropy",
         help="etr-edge's --algorithm (ModelOpt always calibrates with entropy)",
     )
+    ap.add_argument("--dense-algorithm", help="etr-edge's --dense-algorithm")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "etr-edge"))
     ap.add_argument("--modelopt-version", default=MODELOPT_VERSION)
     args = ap.parse_args()
@@ -153,6 +154,7 @@ def main() -> None:
             f"--seed={args.seed}",
             "--eval-frames=0",
             f"--algorithm={args.algorithm}",
+            *([f"--dense-algorithm={args.dense_algorithm}"] if args.dense_algorithm else []),
         ]
         mo_out = work / "int8_modelopt.onnx"
         mo_cmd = [
@@ -196,7 +198,8 @@ def report(
     tasks = list(metrics)
     print(
         f"\n{args.frames} calibration frames of {args.data} (seed {args.seed}), etr-edge "
-        f"{args.algorithm}, ModelOpt entropy; "
+        f"{args.algorithm} (dense heads: {args.dense_algorithm or args.algorithm}), "
+        "ModelOpt entropy; "
         f"{args.eval_frames} held-out demo-line frames; median of {args.repeats} runs; "
         f"load average {load[0][0]:.1f} before, {load[1][0]:.1f} after ({os.cpu_count()} CPUs)\n"
     )
