@@ -24,6 +24,7 @@ interleaved rounds, median) of each INT8 graph relative to FP32.
 
     python bench/bench_calib_vs_modelopt.py [--checkpoint edge/assets/demo.pt] [--frames 512]
                                             [--eval-frames 512] [--repeats 2]
+                                            [--algorithm entropy|minmax|percentile|mse]
 """
 
 from __future__ import annotations
@@ -126,6 +127,12 @@ def main() -> None:
     ap.add_argument("--eval-frames", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--algorithm",
+        default="entropy",
+        help="etr-edge's --algorithm (ModelOpt always calibrates with entropy)",
+    )
+    ap.add_argument("--dense-algorithm", help="etr-edge's --dense-algorithm")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "etr-edge"))
     ap.add_argument("--modelopt-version", default=MODELOPT_VERSION)
     args = ap.parse_args()
@@ -146,6 +153,8 @@ def main() -> None:
             f"--batch={args.batch}",
             f"--seed={args.seed}",
             "--eval-frames=0",
+            f"--algorithm={args.algorithm}",
+            *([f"--dense-algorithm={args.dense_algorithm}"] if args.dense_algorithm else []),
         ]
         mo_out = work / "int8_modelopt.onnx"
         mo_cmd = [
@@ -188,7 +197,9 @@ def report(
 
     tasks = list(metrics)
     print(
-        f"\n{args.frames} calibration frames of {args.data} (seed {args.seed}), entropy; "
+        f"\n{args.frames} calibration frames of {args.data} (seed {args.seed}), etr-edge "
+        f"{args.algorithm} (dense heads: {args.dense_algorithm or args.algorithm}), "
+        "ModelOpt entropy; "
         f"{args.eval_frames} held-out demo-line frames; median of {args.repeats} runs; "
         f"load average {load[0][0]:.1f} before, {load[1][0]:.1f} after ({os.cpu_count()} CPUs)\n"
     )

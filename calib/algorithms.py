@@ -8,6 +8,9 @@ the scale TensorRT stores in its calibration cache is ``amax / 127``.
 - ``minmax``: the largest |x| seen (TensorRT's MinMaxCalibration).
 - ``percentile``: the given percentile of |x| (99.99 by default); TensorRT has no such calibrator
   (see ``edge.calib.cache.ALGORITHM_NAMES`` for how its caches are labelled).
+- ``mse``: per tensor, whichever of ``MSE_CANDIDATES`` (entropy, minmax) gives the lower mean
+  squared quantization error over the tensor's histogram (``quantization_mse``); no TensorRT
+  calibrator either, labelled like percentile.
 """
 
 from __future__ import annotations
@@ -169,16 +172,59 @@ def amax_percentile(stats: TensorStats, percentile: float = 99.99) -> float:
     return float(stats.percentile(percentile))
 
 
+def quantization_mse(stats: TensorStats, amax: float) -> float:
+    """Mean squared error of symmetric int8 fake quantization at ``amax`` over ``stats``'s |x|.
+
+    Each histogram bin stands for its centre: it rounds to the nearest multiple of
+    ``amax / 127`` (rounding error) or, above ``amax``, is clipped to it (clipping error). 0.0
+    for an all-zero tensor; ``amax`` <= 0 quantizes everything to zero.
+    """
+    _require_data(stats)
+    counts = np.asarray(stats.counts, dtype=np.float64)
+    centres = (np.arange(counts.size) + 0.5) * stats.bin_width
+    if stats.absmax == 0.0:
+        return 0.0
+    if amax <= 0.0:
+        q = np.zeros_like(centres)
+    else:
+        step = amax / (NUM_LEVELS - 1)
+        q = np.minimum(np.round(centres / step), NUM_LEVELS - 1) * step
+    return float(np.dot(counts, (q - centres) ** 2) / counts.sum())
+
+
+MSE_CANDIDATES = ("entropy", "minmax")
+"""The algorithms ``mse`` chooses between, per tensor (the first wins a tie)."""
+
+
+def choose_mse(stats: TensorStats) -> tuple[str, float]:
+    """(name, amax) of the ``MSE_CANDIDATES`` algorithm with the lowest ``quantization_mse``."""
+    _require_data(stats)
+    best: tuple[str, float, float] | None = None
+    for name in MSE_CANDIDATES:
+        amax = ALGORITHMS[name](stats)
+        err = quantization_mse(stats, amax)
+        if best is None or err < best[2]:
+            best = (name, amax, err)
+    assert best is not None  # MSE_CANDIDATES is not empty
+    return best[0], best[1]
+
+
+def amax_mse(stats: TensorStats) -> float:
+    """amax of ``choose_mse``: per tensor, the candidate with the lower quantization error."""
+    return choose_mse(stats)[1]
+
+
 ALGORITHMS: dict[str, Callable[..., float]] = {
     "entropy": amax_entropy,
     "minmax": amax_minmax,
     "percentile": amax_percentile,
+    "mse": amax_mse,
 }
 """etr-edge algorithm name -> function(stats) -> amax."""
 
 
 def compute_amax(stats: TensorStats, algorithm: str, *, percentile: float = 99.99) -> float:
-    """amax of one tensor by the named algorithm ('entropy', 'minmax' or 'percentile')."""
+    """amax of one tensor by the named algorithm ('entropy', 'minmax', 'percentile' or 'mse')."""
     if algorithm not in ALGORITHMS:
         raise ConfigError(
             f"unknown calibration algorithm '{algorithm}'; expected one of "

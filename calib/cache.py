@@ -57,17 +57,18 @@ ALGORITHM_NAMES: Mapping[str, str] = {
     "entropy": "EntropyCalibration2",
     "minmax": "MinMaxCalibration",
     "percentile": "EntropyCalibration2",
+    "mse": "EntropyCalibration2",
 }
 """etr-edge algorithm -> the header's algorithm name.
 
-TensorRT has no percentile calibrator. When a builder is given a calibrator and a cache, it only
-checks the cache header (version and algorithm) against the calibrator reading it; if they match,
-the scales are used as they are and nothing is recalibrated. So a percentile cache is labelled
-``EntropyCalibration2``: that is the calibrator etr-edge uses on the device (TensorRT's preferred
-one, calibrating before fusion, and the one DLA requires), so the cache is accepted and its
-percentile scales are what the engine gets. ``MinMaxCalibration`` would claim "full range", which
-percentile is not; both labels are equally foreign to TensorRT. The true algorithm (and the
-percentile) is recorded in the cache's sidecar JSON, which is what etr-edge checks.
+TensorRT has no percentile (or mse) calibrator. When a builder is given a calibrator and a cache,
+it only checks the cache header (version and algorithm) against the calibrator reading it; if they
+match, the scales are used as they are and nothing is recalibrated. So a percentile (or mse) cache
+is labelled ``EntropyCalibration2``: that is the calibrator etr-edge uses on the device
+(TensorRT's preferred one, calibrating before fusion, and the one DLA requires), so the cache is
+accepted and its scales are what the engine gets. ``MinMaxCalibration`` would claim "full
+range", which percentile is not; both labels are equally foreign to TensorRT. The true algorithm
+(and the percentile) is recorded in the cache's sidecar JSON, which is what etr-edge checks.
 """
 
 INTERNAL_PREFIXES = ("(Unnamed Layer", "ONNXTRT_")

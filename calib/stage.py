@@ -46,7 +46,7 @@ from typing import Any
 import onnx
 
 from edge import __version__
-from edge.calib.algorithms import ALGORITHMS, compute_amax
+from edge.calib.algorithms import ALGORITHMS, choose_mse, compute_amax
 from edge.calib.cache import CalibrationCache, write_cache, write_cache_sidecar
 from edge.calib.collect import (
     PartStats,
@@ -59,13 +59,14 @@ from edge.calib.data import calibration_and_eval_frames
 from edge.calib.drift import compare as compare_stats
 from edge.calib.drift import warnings as data_warnings
 from edge.calib.placement import Placement, exact_input_scales
-from edge.calib.qdq import QdqPlan, check_qdq, node_key, quantize_model
+from edge.calib.qdq import QdqPlan, check_qdq, quantize_model
 from edge.calib.report import (
     REPORT_FORMAT,
     ReportInputs,
     build_report,
     write_report,
 )
+from edge.calib.taskwise import head_nodes, task_only_tensors
 from edge.core.errors import BundleError, CalibrationError, EdgeError
 from edge.core.files import clean_stale_temporaries, swap_in, temp_dir
 from edge.core.manifest import MANIFEST, Bundle, file_entries, load_bundle, write_manifest
@@ -86,8 +87,12 @@ class CalibConfig:
     batch: int = 32
     seed: int = 0
     algorithm: str = "entropy"
-    """entropy (TensorRT EntropyCalibration2), minmax, or percentile."""
+    """entropy (TensorRT EntropyCalibration2), minmax, percentile, or mse (per tensor, entropy or
+    minmax, whichever quantizes its histogram with the lower error)."""
     percentile: float = 99.99
+    dense_algorithm: str | None = None
+    """Algorithm for the tensors only segmentation heads depend on (``task_only_tensors``: the
+    dense decoder, not the trunk nor layers shared with other tasks); None: ``algorithm``."""
     target: TrtVersion | str = DEFAULT_TARGET
     """TensorRT version the caches are for (their header: 10.3.0 -> TRT-100300-...)."""
     keep_float: tuple[str, ...] = ()
@@ -124,6 +129,11 @@ class CalibConfig:
             problems.append(
                 f"--algorithm {self.algorithm!r}: expected one of {', '.join(sorted(ALGORITHMS))}"
             )
+        if self.dense_algorithm is not None and self.dense_algorithm not in ALGORITHMS:
+            problems.append(
+                f"--dense-algorithm {self.dense_algorithm!r}: expected one of "
+                f"{', '.join(sorted(ALGORITHMS))}"
+            )
         if not 0.0 < self.percentile <= 100.0:
             problems.append(f"--percentile {self.percentile} must be in (0, 100], e.g. 99.99")
         if self.eval_frames < 0:
@@ -156,18 +166,71 @@ def _load(bundle_path: str | Path) -> Bundle:
         raise CalibrationError(f"cannot calibrate: {e}") from e
 
 
-def _part_amaxes(stats: Mapping[str, PartStats], cfg: CalibConfig) -> dict[str, dict[str, float]]:
-    """amax of every tensor of every part, computed once per statistics object (taps)."""
-    done: dict[int, float] = {}
+Algo = Callable[[str], str]
+"""tensor name -> the algorithm that calibrates it."""
+
+
+def dense_tensors(bundle: Bundle, model: onnx.ModelProto, stop: Collection[str] = ()) -> set[str]:
+    """Tensors of ``model`` that only the bundle's segmentation tasks depend on."""
+    dense = [t.output for t in bundle.tasks.values() if t.spec.kind == "segmentation"]
+    other = [t.output for t in bundle.tasks.values() if t.spec.kind != "segmentation"]
+    return task_only_tensors(model, dense, other, stop) if dense else set()
+
+
+def _chooser(dense: Collection[str], cfg: CalibConfig) -> Algo:
+    """tensor -> ``cfg.dense_algorithm`` for the ``dense`` tensors, ``cfg.algorithm`` else."""
+    special = frozenset(dense) if cfg.dense_algorithm else frozenset()
+
+    def algorithm(name: str) -> str:
+        return cfg.dense_algorithm if name in special and cfg.dense_algorithm else cfg.algorithm
+
+    return algorithm
+
+
+def _algorithms(
+    bundle: Bundle, parts: Mapping[str, onnx.ModelProto], cfg: CalibConfig, stop: Collection[str]
+) -> dict[str, Algo]:
+    """part -> (tensor -> algorithm): ``dense_algorithm`` on ``dense_tensors``, else
+    ``algorithm`` (``stop``: the fused graph's trunk tensors)."""
+    if not cfg.dense_algorithm:
+        return {part: _chooser((), cfg) for part in parts}
+    return {
+        part: _chooser(dense_tensors(bundle, model, stop if part == "fused" else ()), cfg)
+        for part, model in parts.items()
+    }
+
+
+def _part_amaxes(
+    stats: Mapping[str, PartStats], cfg: CalibConfig, algos: Mapping[str, Algo]
+) -> dict[str, dict[str, float]]:
+    """amax of every tensor of every part, computed once per statistics object (taps) and
+    algorithm."""
+    done: dict[tuple[int, str], float] = {}
     out: dict[str, dict[str, float]] = {}
     for part, ps in stats.items():
         out[part] = {}
         for name in ps.tensors:
-            s = ps.stats[name]
-            if id(s) not in done:
-                done[id(s)] = compute_amax(s, cfg.algorithm, percentile=cfg.percentile)
-            out[part][name] = done[id(s)]
+            s, algo = ps.stats[name], algos[part](name)
+            if (id(s), algo) not in done:
+                done[id(s), algo] = compute_amax(s, algo, percentile=cfg.percentile)
+            out[part][name] = done[id(s), algo]
     return out
+
+
+def _mse_choices(stats: Mapping[str, PartStats]) -> dict[str, dict[str, str]]:
+    """For ``--algorithm mse``: the algorithm chosen for each tensor of each part."""
+    return {p: {n: choose_mse(ps.stats[n])[0] for n in ps.tensors} for p, ps in stats.items()}
+
+
+def _dense_listing(
+    algos: Mapping[str, Algo],
+    stats: Mapping[str, PartStats],
+    fused: Mapping[str, float],
+    algorithm: str,
+) -> dict[str, list[str]]:
+    """For ``--dense-algorithm``: part -> the tensors it calibrated (the fused graph's too)."""
+    names = {**{p: ps.tensors for p, ps in stats.items()}, "fused": list(fused)}
+    return {p: sorted(n for n in ns if algos[p](n) != algorithm) for p, ns in names.items()}
 
 
 EXACT_LEVELS = 127.0
@@ -227,44 +290,40 @@ class _Quantized:
     plans: dict[str, QdqPlan]
 
 
+@dataclass(frozen=True)
+class _FusedInputs:
+    parts: Mapping[str, onnx.ModelProto]
+    where: Mapping[str, tuple[str, str]]
+    """fused tensor -> (part, tensor) of the split parts."""
+    stats: Mapping[str, PartStats]
+    amaxes: Mapping[str, Mapping[str, float]]
+    algos: Mapping[str, Algo]
+
+
 def _fused_amaxes(
-    parts: Mapping[str, onnx.ModelProto],
-    where: Mapping[str, tuple[str, str]],
-    amaxes: Mapping[str, Mapping[str, float]],
-    batches: Callable[[], Any],
-    cfg: CalibConfig,
-    input_name: str,
+    f: _FusedInputs, batches: Callable[[], Any], cfg: CalibConfig, input_name: str
 ) -> dict[str, float]:
-    """The fused graph's amaxes: the split parts' wherever a tensor maps, a direct pass else."""
-    fused = parts["fused"]
-    out = {f: amaxes[p][n] for f, (p, n) in where.items() if n in amaxes.get(p, {})}
+    """The fused graph's amaxes: the split parts' wherever a tensor maps (recomputed where the
+    fused graph's algorithm for it differs from its part's), a direct pass else."""
+    fused, algo = f.parts["fused"], f.algos["fused"]
+    out = {}
+    for t, (p, n) in f.where.items():
+        if n in f.amaxes.get(p, {}):
+            same = algo(t) == f.algos[p](n)
+            out[t] = (
+                f.amaxes[p][n]
+                if same
+                else compute_amax(f.stats[p].stats[n], algo(t), percentile=cfg.percentile)
+            )
     rest = [n for n in calibration_tensors(fused) if n not in out]
     if rest:
         extra = collect_stats(
             fused, ({input_name: x} for x in batches()), part="fused", tensors=rest
         )
-        out.update(extra.amaxes(cfg.algorithm, percentile=cfg.percentile))
+        out.update(
+            {n: compute_amax(extra.stats[n], algo(n), percentile=cfg.percentile) for n in rest}
+        )
     return out
-
-
-def head_nodes(
-    model: onnx.ModelProto, outputs: Collection[str], stop: Collection[str] = ()
-) -> set[str]:
-    """Nodes (``node_key``) that compute any of ``outputs``, not looking past ``stop`` tensors
-    (the trunk's, in the fused graph). In a merged graph a layer shared by several tasks is
-    among them: keeping a head float keeps every layer it depends on float."""
-    producer = {o: n for n in model.graph.node for o in n.output if o}
-    todo, seen, keys = list(outputs), set(), set()
-    stop = set(stop)
-    while todo:
-        t = todo.pop()
-        if t in seen or t in stop or t not in producer:
-            continue
-        seen.add(t)
-        node = producer[t]
-        keys.add(node_key(node))
-        todo.extend(i for i in node.input if i)
-    return keys
 
 
 @dataclass(frozen=True)
@@ -359,15 +418,19 @@ def calibrate_bundle(
     t1 = time.perf_counter()
     say(f"collecting statistics of the trunk and {len(split) - 1} heads")
     stats = collect_bundle(split, calib.batches(cfg.batch), input_name=bundle.input.name)
-    amaxes = _part_amaxes(stats, cfg)
+    where = map_tensors(parts["fused"], split)
+    algos = _algorithms(bundle, parts, cfg, {f for f, (p, _n) in where.items() if p == "trunk"})
+    amaxes = _part_amaxes(stats, cfg, algos)
     exact = _exact_inputs(parts, amaxes)
     t2 = time.perf_counter()
     caches = {
         p: CalibrationCache.from_amaxes(cfg.target_version, cfg.algorithm, amaxes[p]) for p in stats
     }
-    where = map_tensors(parts["fused"], split)
     fused_amax = _fused_amaxes(
-        parts, where, amaxes, lambda: calib.batches(cfg.batch), cfg, bundle.input.name
+        _FusedInputs(parts, where, stats, amaxes, algos),
+        lambda: calib.batches(cfg.batch),
+        cfg,
+        bundle.input.name,
     )
     fused_amax.update({t: EXACT_LEVELS * s for t, s in exact.get("fused", {}).items()})
     say("writing the Q/DQ models")
@@ -425,6 +488,12 @@ def calibrate_bundle(
         "tensors": {p: len(c.scales) for p, c in caches.items()},
         "qdq": {p: plan.summary() for p, plan in q.plans.items()},
         "exact_input_scales": exact,
+        **({"mse_choice": _mse_choices(stats)} if cfg.algorithm == "mse" else {}),
+        **(
+            {"dense_tensors": _dense_listing(algos, stats, fused_amax, cfg.algorithm)}
+            if cfg.dense_algorithm
+            else {}
+        ),
     }
     report["timing_s"] = {
         "frames": round(t1 - t0, 3),

@@ -108,6 +108,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         batch=args.batch,
         seed=args.seed,
         algorithm=args.algorithm,
+        dense_algorithm=args.dense_algorithm,
         percentile=args.percentile,
         target=args.target,
         keep_float=tuple(args.keep_float or ()),
@@ -471,7 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--frames", type=int, default=512, help="calibration frames (shuffled)")
     k.add_argument("--batch", type=int, default=32)
     k.add_argument("--seed", type=int, default=0, help="shuffling seed")
-    k.add_argument("--algorithm", default="entropy", choices=["entropy", "minmax", "percentile"])
+    k.add_argument(
+        "--algorithm", default="entropy", choices=["entropy", "minmax", "percentile", "mse"]
+    )
+    k.add_argument(
+        "--dense-algorithm",
+        choices=["entropy", "minmax", "percentile", "mse"],
+        help="for the tensors only segmentation heads depend on (default: --algorithm)",
+    )
     k.add_argument("--percentile", type=float, default=99.99)
     k.add_argument(
         "--target",

@@ -11,8 +11,10 @@ from edge.calib.algorithms import (
     amax_entropy,
     amax_minmax,
     amax_percentile,
+    choose_mse,
     compute_amax,
     kl_divergences,
+    quantization_mse,
     scale_from_amax,
 )
 from edge.calib.histogram import TensorStats
@@ -187,7 +189,7 @@ def test_no_data_and_unknown_algorithm() -> None:
     for name in ALGORITHMS:
         with pytest.raises(CalibrationError, match="head/tap"):
             compute_amax(empty, name)
-    with pytest.raises(ConfigError, match="entropy, minmax, percentile"):
+    with pytest.raises(ConfigError, match="entropy, minmax, mse, percentile"):
         compute_amax(_stats(np.ones(3)), "kl")
 
 
@@ -199,3 +201,35 @@ def test_scale_from_amax() -> None:
         scale_from_amax(float("nan"))
     with pytest.raises(CalibrationError):
         scale_from_amax(-1.0)
+
+
+def _fake_quant_mse(data: np.ndarray, amax: float) -> float:
+    step = amax / 127
+    return float(np.mean((np.clip(np.round(data / step), -127, 127) * step - data) ** 2))
+
+
+def _tailed(outliers: int) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return np.concatenate([rng.laplace(size=400_000), rng.uniform(20.0, 60.0, outliers)])
+
+
+def test_quantization_mse_matches_fake_quantized_samples() -> None:
+    data = _tailed(20)
+    s = _stats(*np.array_split(data, 3))
+    for amax in (amax_entropy(s), amax_minmax(s), 4.0):
+        assert quantization_mse(s, amax) == pytest.approx(_fake_quant_mse(data, amax), rel=0.01)
+    assert quantization_mse(s, 0.0) == pytest.approx(float(np.mean(data**2)), rel=0.01)
+
+
+@pytest.mark.parametrize(("outliers", "winner"), [(1, "entropy"), (100, "minmax")])
+def test_mse_picks_the_lower_error_amax(outliers: int, winner: str) -> None:
+    """One outlier: clipping it (entropy) costs less than the coarser steps minmax needs; a tail
+    of 100: entropy clips it all (at ~10 of 60) and its clipping error dominates."""
+    data = _tailed(outliers)
+    s = _stats(data)
+    amaxes = {"entropy": amax_entropy(s), "minmax": amax_minmax(s)}
+    assert amaxes["entropy"] < amaxes["minmax"] / 3  # the two candidates really differ
+    errors = {k: _fake_quant_mse(data, a) for k, a in amaxes.items()}
+    assert min(errors, key=errors.__getitem__) == winner
+    assert choose_mse(s) == (winner, amaxes[winner])
+    assert compute_amax(s, "mse") == amaxes[winner]

@@ -176,6 +176,41 @@ def test_without_evaluation_frames(tiny_bundle: Path, tmp_path: Path) -> None:
     assert read_cache(root / "calib/trunk.cache").algorithm == "EntropyCalibration2"
 
 
+def test_mse_records_the_choice_of_every_tensor(tiny_bundle: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_bundle, tmp_path)
+    calibrate_bundle(root, CalibConfig(**{**FAST, "eval_frames": 0}, algorithm="mse"))
+    cal = json.loads((root / "calib/report.json").read_text())["calibration"]
+    trunk = read_cache(root / "calib/trunk.cache")
+    assert cal["algorithm"] == "mse" and trunk.algorithm == "EntropyCalibration2"
+    chosen = cal["mse_choice"]
+    assert set(chosen["trunk"]) == set(trunk.scales)
+    assert set().union(*(c.values() for c in chosen.values())) <= {"entropy", "minmax"}
+
+
+def test_dense_algorithm_calibrates_only_the_segmentation_decoder(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    base, dense = _copy(tiny_bundle, tmp_path / "a"), _copy(tiny_bundle, tmp_path / "b")
+    calibrate_bundle(base, CalibConfig(**{**FAST, "eval_frames": 0}))
+    calibrate_bundle(dense, CalibConfig(**{**FAST, "eval_frames": 0}, dense_algorithm="minmax"))
+    listed = json.loads((dense / "calib/report.json").read_text())["calibration"]
+    listed = listed["dense_tensors"]
+    assert "mask_logits" in listed["heads/mask"] and "mask_logits" in listed["fused"]
+    assert listed["trunk"] == [] and listed["heads/defect"] == []
+    assert not any(n.startswith("shared_") for ns in listed.values() for n in ns)
+    for part in ("trunk", "heads/mask", "heads/defect"):
+        a = read_cache(base / f"calib/{part}.cache").scales
+        b = read_cache(dense / f"calib/{part}.cache").scales
+        mine = set(listed[part])
+        assert {n: a[n] for n in a if n not in mine} == {n: b[n] for n in b if n not in mine}
+        assert all(b[n] >= a[n] for n in mine)  # minmax never clips below entropy
+    assert any(
+        read_cache(dense / "calib/heads/mask.cache").scales[n]
+        > read_cache(base / "calib/heads/mask.cache").scales[n]
+        for n in listed["heads/mask"]
+    )
+
+
 def test_float_input_dynamic_batch_bundle(tmp_path: Path) -> None:
     """Without in-graph preprocessing the float image itself is calibrated and quantized."""
     from tiny_models import make_tiny_bundle
