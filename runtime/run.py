@@ -265,7 +265,7 @@ def run_bundle(
             if cfg.video is not None:
                 outputs.append(AnnotatedSink(cfg.video, source.nominal_fps or 30.0))
             outputs.extend(sinks)
-            capture = CaptureThread(source, policy, open_timeout_s=cfg.open_timeout_s)
+            capture = CaptureThread(source, policy)  # the source is open: _open_source retried it
             loop = _Loop(cfg, pipeline, capture, jsonl, outputs, stop)
             loop.header, loop.warnings = header, warnings
             # overlap: one core resizes the next frame while ONNX Runtime infers on the other

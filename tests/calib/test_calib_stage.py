@@ -14,7 +14,8 @@ from edge.calib.cache import check_cache_matches, read_cache, read_cache_sidecar
 from edge.calib.collect import collect_bundle, map_tensors
 from edge.calib.data import sample_frames
 from edge.calib.qdq import qdq_problems
-from edge.calib.stage import CalibConfig, calibrate_bundle, head_nodes
+from edge.calib.stage import CalibConfig, calibrate_bundle
+from edge.calib.taskwise import head_nodes
 from edge.core.errors import CalibrationError
 from edge.core.files import sha256_file
 from edge.core.manifest import MANIFEST, load_bundle
