@@ -96,6 +96,8 @@ class CaptureThread:
     (a camera that boots after the Jetson): then failed opens are retried with the reopen
     backoff until that many seconds have passed, each attempt reported through ``report``
     (default: a line on stderr), and if it never opens ``get()`` raises the last error.
+    ``on_frame``: called (on a capture thread, no lock held) after each buffered frame and once
+    capture has ended, so one consumer can wait on several captures (a station's batcher).
     Use as a context manager, or call ``start()`` / ``stop()`` / ``join()``.
     """
 
@@ -108,8 +110,10 @@ class CaptureThread:
         name: str = "edge-capture",
         open_timeout_s: float = 0.0,
         report: Callable[[str], None] = _stderr,
+        on_frame: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
+        self.on_frame = on_frame
         self.policy = parse_policy(policy) if isinstance(policy, str) else policy
         self.open_timeout_s = float(open_timeout_s)
         self.report = report
@@ -286,6 +290,8 @@ class CaptureThread:
             with self._cond:
                 self._done = True
                 self._cond.notify_all()
+            if self.on_frame is not None:
+                self.on_frame()
 
     def _beat(self) -> None:
         self._beat_monitor_ns = time.monotonic_ns()
@@ -472,6 +478,8 @@ class CaptureThread:
             self._buf.append(dataclasses.replace(frame, t_queued_ns=time.monotonic_ns()))
             n["max_queued"] = max(n["max_queued"], len(self._buf))
             self._cond.notify_all()
+        if self.on_frame is not None:
+            self.on_frame()
 
 
 def retryable(src: Source, error: SourceError, open_timeout_s: float) -> bool:

@@ -21,7 +21,6 @@ A raw output holding NaN or Infinity is not decoded: its result's data is ``{"er
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,91 +119,115 @@ class Decoder:
     def decode(self, raw: np.ndarray) -> TaskResult:
         """``raw``: this task's output for one frame (the graph's output without the batch
         axis): (n,) for image-level tasks, (n, H, W) for masks."""
+        self._check(raw.shape)
+        return self.decode_batch(raw[None])[0]
+
+    def decode_batch(self, raw: np.ndarray) -> list[TaskResult]:
+        """``raw``: this task's output for N frames, (N, n) or (N, n, H, W): N results, each
+        equal to :meth:`decode` of its row (one set of numpy calls for the whole batch)."""
+        self._check(raw.shape[1:])
+        if not len(raw):
+            return []
+        if raw.dtype.kind == "f":
+            sums = raw.reshape(len(raw), -1).sum(axis=1, dtype=np.float64)
+            if not np.isfinite(sums).all():  # the broken rows alone get an error result
+                ok = np.isfinite(sums)
+                good = iter(self.decode_batch(raw[ok]) if ok.any() else [])
+                bad = TaskResult(self.task, self.type, {"error": NON_FINITE})
+                return [next(good) if k else bad for k in ok]
+        out: list[TaskResult] = getattr(self, f"_{self.type}")(raw)
+        return out
+
+    def _check(self, shape: tuple[int, ...]) -> None:
         n = len(self.labels)
         dense = self.type == "argmax_mask"
-        if raw.ndim != (3 if dense else 1) or raw.shape[0] != n:
+        if len(shape) != (3 if dense else 1) or shape[0] != n:
             want = f"({n}, H, W)" if dense else f"({n},)"
             raise BundleError(
-                f"task '{self.task}': output of shape {raw.shape} cannot be decoded as "
+                f"task '{self.task}': output of shape {shape} cannot be decoded as "
                 f"{self.type} with {n} labels (expected {want} per frame); the bundle's "
                 "manifest and its graphs disagree: re-run edge convert"
             )
-        if raw.dtype.kind == "f" and not math.isfinite(float(raw.sum(dtype=np.float64))):
-            return TaskResult(self.task, self.type, {"error": NON_FINITE})
-        return getattr(self, f"_{self.type}")(raw)
 
-    def decode_batch(self, raw: np.ndarray) -> list[TaskResult]:
-        return [self.decode(r) for r in raw]
-
-    def _softmax_argmax(self, raw: np.ndarray) -> TaskResult:
+    def _softmax_argmax(self, raw: np.ndarray) -> list[TaskResult]:
         x = raw.astype(np.float64)
-        e = np.exp(x - x.max())
-        p = e / e.sum()
-        i = int(np.argmax(raw))
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+        index = np.argmax(raw, axis=1).tolist()
         labels = self.labels
-        return TaskResult(
-            self.task,
-            self.type,
-            {
-                "label": labels[i],
-                "index": i,
-                "prob": float(p[i]),
-                "probs": {lab: float(v) for lab, v in zip(labels, p)},
-            },
-        )
+        return [
+            TaskResult(
+                self.task,
+                self.type,
+                {
+                    "label": labels[i],
+                    "index": i,
+                    "prob": p[i],
+                    "probs": dict(zip(labels, p)),
+                },
+            )
+            for i, p in zip(index, probs.tolist())
+        ]
 
-    def _sigmoid_threshold(self, raw: np.ndarray) -> TaskResult:
-        p = 1.0 / (1.0 + np.exp(-raw.astype(np.float64)))
+    def _sigmoid_threshold(self, raw: np.ndarray) -> list[TaskResult]:
+        probs = 1.0 / (1.0 + np.exp(-raw.astype(np.float64)))
         th = float(self.spec.get("threshold", 0.5))
         labels = self.labels
-        return TaskResult(
-            self.task,
-            self.type,
-            {
-                "on": [lab for lab, v in zip(labels, p) if v >= th],
-                "probs": {lab: float(v) for lab, v in zip(labels, p)},
-            },
-        )
+        return [
+            TaskResult(
+                self.task,
+                self.type,
+                {
+                    "on": [lab for lab, v in zip(labels, p) if v >= th],
+                    "probs": dict(zip(labels, p)),
+                },
+            )
+            for p in probs.tolist()
+        ]
 
-    def _affine(self, raw: np.ndarray) -> TaskResult:
+    def _affine(self, raw: np.ndarray) -> list[TaskResult]:
         scale, offset = float(self.spec.get("scale", 1.0)), float(self.spec.get("offset", 0.0))
-        values = [float(v) * scale + offset for v in raw]
+        rows = (raw.astype(np.float64) * scale + offset).tolist()
         unit = str(self.spec.get("unit", ""))
-        if len(values) == 1:
-            return TaskResult(self.task, self.type, {"value": values[0], "unit": unit})
-        return TaskResult(
-            self.task, self.type, {"values": dict(zip(self.labels, values)), "unit": unit}
-        )
+        if raw.shape[1] == 1:
+            return [TaskResult(self.task, self.type, {"value": v[0], "unit": unit}) for v in rows]
+        return [
+            TaskResult(self.task, self.type, {"values": dict(zip(self.labels, v)), "unit": unit})
+            for v in rows
+        ]
 
-    def _argmax_mask(self, raw: np.ndarray) -> TaskResult:
-        mask = argmax_channels(raw)
-        total = mask.size
-        if len(self.labels) == 2:
-            fg = int(np.count_nonzero(mask))
-            counts = np.array([total - fg, fg])
+    def _argmax_mask(self, raw: np.ndarray) -> list[TaskResult]:
+        masks = argmax_channels(raw, axis=1)
+        total = masks[0].size
+        k = len(self.labels)
+        if k == 2:
+            fg = np.count_nonzero(masks.reshape(len(masks), -1), axis=1)
+            counts = np.stack([total - fg, fg], axis=1)
         else:
-            counts = np.bincount(mask.ravel(), minlength=len(self.labels))
-            fg = int(total - counts[0])
-        return TaskResult(
-            self.task,
-            self.type,
-            {
-                "fraction": fg / total,
-                "fractions": {lab: int(c) / total for lab, c in zip(self.labels[1:], counts[1:])},
-                "pixels": fg,
-                "shape": [int(mask.shape[0]), int(mask.shape[1])],
-            },
-            mask=mask,
-        )
+            counts = np.stack([np.bincount(m.ravel(), minlength=k) for m in masks])
+        shape = [int(masks.shape[1]), int(masks.shape[2])]
+        out = []
+        for mask, c in zip(masks, counts.tolist()):
+            fg_px = total - c[0]
+            data = {
+                "fraction": fg_px / total,
+                "fractions": {lab: n / total for lab, n in zip(self.labels[1:], c[1:])},
+                "pixels": fg_px,
+                "shape": list(shape),
+            }
+            out.append(TaskResult(self.task, self.type, data, mask=mask))
+        return out
 
 
-def argmax_channels(raw: np.ndarray) -> np.ndarray:
-    """``np.argmax(raw, axis=0)`` as uint8 for (C, H, W) logits. Two classes (the common
-    defect / background mask) take one comparison, ~30x faster than numpy's strided argmax;
-    ties go to class 0, as with ``np.argmax``."""
-    if raw.shape[0] == 2:
-        return np.greater(raw[1], raw[0]).view(np.uint8)
-    return np.argmax(raw, axis=0).astype(np.uint8)
+def argmax_channels(raw: np.ndarray, axis: int = 0) -> np.ndarray:
+    """``np.argmax(raw, axis)`` as uint8 for logits with the classes on ``axis`` ((C, H, W), or
+    (N, C, H, W) with ``axis=1``). Two classes (the common defect / background mask) take one
+    comparison, ~30x faster than numpy's strided argmax; ties go to class 0, as with
+    ``np.argmax``."""
+    if raw.shape[axis] == 2:
+        lead = (slice(None),) * axis
+        return np.greater(raw[(*lead, 1)], raw[(*lead, 0)]).view(np.uint8)
+    return np.argmax(raw, axis=axis).astype(np.uint8)
 
 
 def decoders_from_manifest(manifest: Manifest) -> dict[str, Decoder]:

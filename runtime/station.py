@@ -1,11 +1,12 @@
 """``edge run`` with several cameras: one process, engines loaded once, ready frames batched.
 
 Threads: per camera a :class:`~edge.runtime.capture.CaptureThread` (its frame policy, drops,
-gaps and reopen with backoff as in a one-camera run) and a feeder that preprocesses the
-camera's next frame while the current batch is inferred; the calling thread collects a batch,
-runs its trunk (:class:`~edge.runtime.station_batch.BatchRunner`) and, on ONNX Runtime, hands
-it to a heads thread (the heads of batch k run while the trunk runs batch k+1), which hands
-the results to a sink thread. Batching deadline: the first ready frame waits at most
+gaps and reopen with backoff as in a one-camera run), which wakes the batcher when a frame is
+buffered; the calling thread collects a batch (the newest frame of each camera that is ready),
+preprocesses it and runs its trunk (:class:`~edge.runtime.station_batch.BatchRunner`) and, on
+ONNX Runtime, hands it to a heads thread (the heads of batch k run while batch k+1 is
+collected, preprocessed and trunked), which hands the batch's results to a sink thread: three
+handoffs per batch, not per frame. Batching deadline: the first ready frame waits at most
 ``batch_wait_ms`` for the other cameras, and only for those whose next frame is due within
 that time, so a slow, stalled or dead camera never holds the others back; its gaps are
 reported per camera.
@@ -19,7 +20,6 @@ station totals and a one-camera summary per camera.
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
 from collections.abc import Mapping
@@ -44,7 +44,7 @@ from edge.runtime.outputs import (
 from edge.runtime.pipeline import FrameResult, Pipeline
 from edge.runtime.schedule import Schedule, build_schedule
 from edge.runtime.sinks import JsonlSink, SinkWorker, TaskTally, WallClock, frame_record
-from edge.runtime.sources.base import Source, redact_uri
+from edge.runtime.sources.base import Frame, Source, redact_uri
 from edge.runtime.sources.uri import open_source
 from edge.runtime.station_batch import BatchRunner, Ready, Trunked, task_order
 from edge.runtime.station_config import StationConfig
@@ -52,89 +52,51 @@ from edge.runtime.station_config import StationConfig
 IDLE_WAIT_S = 0.05
 
 
-class _Feeder:
-    """Takes one camera's frames from its capture thread, preprocesses each and holds one ready
-    frame for the batcher (``take``); tells the batcher through ``notify``."""
+class _Feed:
+    """One camera's side of the batcher: takes its newest frame from its capture thread without
+    waiting (``take``), learns the camera's frame period, and records how its capture ended."""
 
-    def __init__(self, index: int, capture: CaptureThread, pipeline: Pipeline, notify: Any) -> None:
-        self.index, self.capture, self.pipeline, self.notify = index, capture, pipeline, notify
-        self.q: queue.Queue[Ready] = queue.Queue(maxsize=1)
-        self.halt = threading.Event()
+    def __init__(self, index: int, capture: CaptureThread) -> None:
+        self.index, self.capture = index, capture
         self.error: BaseException | None = None
         self.ended = False
-        self.last_ready_ns: int | None = None
-        self.interval_ns: float | None = None
-        self.taken = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"edge-feed{index}", daemon=True)
+        self.last_ns: int | None = None
+        self.last_id: int | None = None
+        self.period_ns: float | None = None
 
-    def _run(self) -> None:
-        latest = self.capture.policy.kind == "latest"
-        try:
-            while not self.halt.is_set():
-                if latest and not self.q.empty():  # the newest frame, not one aged here
-                    self.taken.wait(IDLE_WAIT_S)
-                    self.taken.clear()
-                    continue
-                frame = self.capture.get(timeout=IDLE_WAIT_S)
-                if frame is None:
-                    if self.capture.ended:
-                        break
-                    continue
-                t0 = time.perf_counter_ns()
-                x = self.pipeline.preprocess(frame.image)
-                pre = time.perf_counter_ns() - t0
-                queued = frame.t_queued_ns or frame.t_capture_ns
-                now = time.monotonic_ns()
-                item = Ready(
-                    self.index,
-                    x,
-                    frame.image,
-                    frame.id,
-                    frame.t_capture_ns,
-                    now,
-                    frame.source_index,
-                    {"capture": queued - frame.t_capture_ns, "preprocess": pre},
-                )
-                while not self.halt.is_set():
-                    try:
-                        self.q.put(item, timeout=IDLE_WAIT_S)
-                        break
-                    except queue.Full:
-                        continue
-                self.notify()
-        except BaseException as e:
-            self.error = e
-        finally:
-            self.ended = True
-            self.notify()
-
-    def take(self) -> Ready | None:
-        try:
-            item = self.q.get_nowait()
-        except queue.Empty:
+    def take(self) -> Frame | None:
+        if self.ended:
             return None
-        self.taken.set()
-        if self.last_ready_ns is not None:
-            gap = item.t_ready_ns - self.last_ready_ns
-            self.interval_ns = (
-                gap if self.interval_ns is None else 0.8 * self.interval_ns + 0.2 * gap
-            )
-        self.last_ready_ns = item.t_ready_ns
-        return item
+        try:
+            frame = self.capture.get(timeout=0)
+        except Exception as e:  # failed for good: the camera ends alone
+            self.error, self.ended = e, True
+            return None
+        if frame is None:
+            self.ended = self.capture.ended
+            return None
+        t = frame.t_queued_ns or frame.t_capture_ns
+        if self.last_ns is not None and self.last_id is not None and frame.id > self.last_id:
+            gap = (t - self.last_ns) / (frame.id - self.last_id)
+            self.period_ns = gap if self.period_ns is None else 0.8 * self.period_ns + 0.2 * gap
+        self.last_ns, self.last_id = t, frame.id
+        return frame
 
     def due_by(self, now_ns: int, end_ns: int, wait_ns: int) -> bool:
         """True when this camera's next frame is expected by ``end_ns`` and it is not late."""
-        if self.ended or self.last_ready_ns is None or self.interval_ns is None:
+        if self.ended or self.last_ns is None or self.period_ns is None:
             return False
-        nxt = self.last_ready_ns + self.interval_ns
-        return nxt <= end_ns and now_ns <= nxt + self.interval_ns + wait_ns
+        nxt = self.last_ns + self.period_ns
+        return nxt <= end_ns and now_ns <= nxt + self.period_ns + wait_ns
 
 
 class Batcher:
-    """Collects one batch: at most one ready frame per camera (see the module doc)."""
+    """Collects one batch: at most one frame per camera, the newest each capture holds (see the
+    module doc). The captures wake it through :meth:`notify` (their ``on_frame``)."""
 
-    def __init__(self, feeders: list[_Feeder], wait_s: float) -> None:
-        self.feeders, self.wait_ns = feeders, int(wait_s * 1e9)
+    def __init__(self, wait_s: float) -> None:
+        self.feeds: list[_Feed] = []
+        self.wait_ns = int(wait_s * 1e9)
         self.cond = threading.Condition()
         self.seq = 0
 
@@ -143,34 +105,33 @@ class Batcher:
             self.seq += 1
             self.cond.notify_all()
 
-    def collect(self) -> list[Ready]:
-        """The next batch; empty when nothing came within ``IDLE_WAIT_S``."""
-        got: dict[int, Ready] = {}
+    def collect(self) -> list[tuple[int, Frame]]:
+        """The next batch as (camera index, frame); empty when nothing came within
+        ``IDLE_WAIT_S``."""
+        got: dict[int, Frame] = {}
         end: int | None = None
         t_idle = time.monotonic() + IDLE_WAIT_S
         while True:
             with self.cond:
                 seq = self.seq
-            for f in self.feeders:
+            for f in self.feeds:
                 if f.index not in got:
-                    item = f.take()
-                    if item is not None:
-                        got[f.index] = item
+                    frame = f.take()
+                    if frame is not None:
+                        got[f.index] = frame
             now = time.monotonic_ns()
             if got and end is None:
-                end = min(it.t_ready_ns for it in got.values()) + self.wait_ns
+                end = min(fr.t_queued_ns or fr.t_capture_ns for fr in got.values()) + self.wait_ns
             if end is not None:
                 waiting = [
-                    f
-                    for f in self.feeders
-                    if f.index not in got and f.due_by(now, end, self.wait_ns)
+                    f for f in self.feeds if f.index not in got and f.due_by(now, end, self.wait_ns)
                 ]
                 if not waiting or now >= end:
-                    return [got[i] for i in sorted(got)]
+                    return sorted(got.items())
                 timeout = (end - now) / 1e9
             else:
                 timeout = t_idle - time.monotonic()
-                if timeout <= 0 or all(f.ended for f in self.feeders):
+                if timeout <= 0 or all(f.ended for f in self.feeds):
                     return []
             with self.cond:
                 if self.seq == seq:
@@ -181,7 +142,7 @@ class Batcher:
 class _Cam:
     id: str
     capture: CaptureThread
-    feeder: _Feeder
+    feed: _Feed
     stats: StageStats
     tally: TaskTally
     processed: int = 0
@@ -256,35 +217,78 @@ class _Run:
         self.cfg, self.pipeline, self.runner, self.jsonl = cfg, pipeline, runner, jsonl
         self.stop = stop or threading.Event()
         self.clock = WallClock()
-        self.batcher = Batcher([], cfg.batch_wait_ms / 1e3)
+        self.batcher = Batcher(cfg.batch_wait_ms / 1e3)
         self.cams: list[_Cam] = []
         for i, (c, src) in enumerate(zip(cfg.cameras, sources)):
             policy = c.policy or ("latest" if src.is_live else "fifo:4")
-            cap = CaptureThread(src, policy, name=f"edge-capture-{c.id}")
-            feeder = _Feeder(i, cap, pipeline, self.batcher.notify)
-            self.cams.append(_Cam(c.id, cap, feeder, StageStats(), TaskTally(pipeline.tasks)))
-        self.batcher.feeders = [c.feeder for c in self.cams]
+            cap = CaptureThread(
+                src, policy, name=f"edge-capture-{c.id}", on_frame=self.batcher.notify
+            )
+            feed = _Feed(i, cap)
+            self.cams.append(_Cam(c.id, cap, feed, StageStats(), TaskTally(pipeline.tasks)))
+        self.batcher.feeds = [c.feed for c in self.cams]
+        # one handoff per batch: this thread collects, preprocesses and trunks batch k+1 while,
+        # on ONNX Runtime, the heads thread runs batch k (separate sessions that release the GIL;
+        # a GPU backend runs the heads here, on the trunk's device buffers); the sink thread
+        # writes the lines. (A third stage, a trunk thread, measured the same throughput on
+        # 2 cores at twice the latency: bench/bench_station.py.)
         self.worker = SinkWorker(maxsize=8, name="edge-station-sinks")
-        # ONNX Runtime: the heads of batch k run on their own thread while the trunk runs batch
-        # k+1 (separate sessions, both release the GIL: two cores busy, engines loaded once)
         host = cfg.backend == "onnxruntime"
         self.heads = SinkWorker(maxsize=1, name="edge-station-heads") if host else None
 
+    def _ready(self, batch: list[tuple[int, Frame]]) -> list[Ready]:
+        """The batch's frames preprocessed, each with its own timings."""
+        items = []
+        now = time.monotonic_ns()
+        for i, frame in batch:
+            t0 = time.perf_counter_ns()
+            x = self.pipeline.preprocess(frame.image)
+            pre = time.perf_counter_ns() - t0
+            queued = frame.t_queued_ns or frame.t_capture_ns
+            timings = {
+                "capture": queued - frame.t_capture_ns,
+                "queue_wait": max(0, now - queued),
+                "preprocess": pre,
+            }
+            items.append(
+                Ready(
+                    i,
+                    x,
+                    frame.image,
+                    frame.id,
+                    frame.t_capture_ns,
+                    queued,
+                    frame.source_index,
+                    timings,
+                )
+            )
+        return items
+
+    def _trunk(self, items: list[Ready]) -> None:
+        n, cap = len(items), self.runner.cap
+        for i in range(0, n, cap):
+            tr = self.runner.trunk(items[i : i + cap], host=self.heads is not None)
+            if self.heads is not None:
+                self.heads.submit(self._heads, tr, n)
+            else:
+                self._heads(tr, n)
+
     def _heads(self, tr: Trunked, n: int) -> None:
-        for it, result in zip(tr.items, self.runner.heads(tr)):
-            self.worker.submit(self._sink, self.cams[it.camera], result, n)
+        results = self.runner.heads(tr)
+        self.worker.submit(self._sink, [(self.cams[it.camera], it) for it in tr.items], results, n)
 
     def _line(self, record: dict[str, Any]) -> None:
         if self.jsonl is not None:
             self.jsonl.event(record)
 
-    def _sink(self, cam: _Cam, result: FrameResult, n: int) -> None:
-        t0 = time.perf_counter_ns()
-        cam.tally.add(result)
-        self._line({"camera": cam.id, "batch": n, **frame_record(result, self.clock)})
-        result.timings_ns["sink"] = time.perf_counter_ns() - t0
-        cam.stats.add(result.timings_ns)
-        cam.stats.add_one("e2e", time.monotonic_ns() - result.t_capture_ns)
+    def _sink(self, cams: list[tuple[_Cam, Ready]], results: list[FrameResult], n: int) -> None:
+        for (cam, _), result in zip(cams, results):
+            t0 = time.perf_counter_ns()
+            cam.tally.add(result)
+            self._line({"camera": cam.id, "batch": n, **frame_record(result, self.clock)})
+            result.timings_ns["sink"] = time.perf_counter_ns() - t0
+            cam.stats.add(result.timings_ns)
+            cam.stats.add_one("e2e", time.monotonic_ns() - result.t_capture_ns)
 
     def _events(self, final: bool = False) -> None:
         for cam in self.cams:
@@ -308,13 +312,13 @@ class _Run:
         """A camera whose capture failed for good (reconnect off, a file's read error) ends
         with an ``error`` event under its id; the others go on. All failed: the first error."""
         for cam in self.cams:
-            e = cam.feeder.error
+            e = cam.feed.error
             if e is not None and not cam.failed:
                 cam.failed = True
                 event = {"event": "error", "camera": cam.id, "error": f"{type(e).__name__}: {e}"}
                 self.worker.submit(self._line, event)
         if all(c.failed for c in self.cams):
-            first = self.cams[0].feeder.error
+            first = self.cams[0].feed.error
             assert first is not None
             raise first
 
@@ -323,12 +327,12 @@ class _Run:
         if self.stop.is_set():
             return "signal"
         if cfg.frames is not None and all(
-            c.processed >= cfg.frames or c.feeder.ended for c in self.cams
+            c.processed >= cfg.frames or c.feed.ended for c in self.cams
         ):
             return "frames"
         if cfg.duration_s is not None and time.monotonic_ns() - t_start >= cfg.duration_s * 1e9:
             return "duration"
-        if all(c.feeder.ended and c.feeder.q.empty() for c in self.cams):
+        if all(c.feed.ended for c in self.cams):
             return "end"
         return None
 
@@ -340,7 +344,6 @@ class _Run:
             for cam in self.cams:
                 cam.capture.start()
                 started.append(cam)
-                cam.feeder.thread.start()
             t_start = time.monotonic_ns()
             last_poll = time.monotonic()
             while True:
@@ -349,53 +352,56 @@ class _Run:
                     stopped_by = why
                     break
                 self._failures()
-                items = self.batcher.collect()
+                batch = self.batcher.collect()
                 if time.monotonic() - last_poll >= 1.0:
                     self._events()
                     last_poll = time.monotonic()
                 if self.cfg.frames is not None:
-                    items = [i for i in items if self.cams[i.camera].processed < self.cfg.frames]
-                if not items:
+                    batch = [b for b in batch if self.cams[b[0]].processed < self.cfg.frames]
+                if not batch:
                     continue
-                now = time.monotonic_ns()
-                for it in items:
-                    it.timings["queue_wait"] = max(0, now - it.t_ready_ns)
-                for it in items:
-                    cam = self.cams[it.camera]
+                for i, frame in batch:
+                    cam = self.cams[i]
                     cam.processed += 1
-                    if cam.last_id is not None and it.frame_id > cam.last_id + 1:
-                        drop = list(range(cam.last_id + 1, it.frame_id))
+                    if cam.last_id is not None and frame.id > cam.last_id + 1:
+                        drop = list(range(cam.last_id + 1, frame.id))
                         self.worker.submit(
                             self._line, {"event": "drop", "camera": cam.id, "frame_ids": drop}
                         )
-                    cam.last_id = it.frame_id
-                cap = self.runner.cap
-                for i in range(0, len(items), cap):
-                    tr = self.runner.trunk(items[i : i + cap], host=self.heads is not None)
-                    if self.heads is not None:
-                        self.heads.submit(self._heads, tr, len(items))
-                    else:
-                        self._heads(tr, len(items))
+                    cam.last_id = frame.id
+                self._trunk(self._ready(batch))
         except BaseException as e:
             stopped_by, error = "error", e
             raise
         finally:
             duration_s = (time.monotonic_ns() - t_start) / 1e9
             for cam in started:
-                cam.feeder.halt.set()
                 cam.capture.stop()
             for cam in started:
-                cam.feeder.thread.join(timeout=5.0)
                 cam.capture.join(timeout=5.0)
-            if self.heads is not None:
-                self.heads.close()  # every trunk batch's heads and lines
-            with contextlib.suppress(EdgeError):
-                self._events(final=True)
-            self.worker.close()
+            late = self._close()  # every collected batch's heads and lines
+            if late is not None and error is None:
+                stopped_by, error = "error", late
             summary = self._summary(stopped_by, duration_s, error)
             if self.cfg.summary_path is not None:
                 write_json(self.cfg.summary_path, strict_json(summary))
+            if late is not None and error is late:
+                raise late
         return summary
+
+    def _close(self) -> BaseException | None:
+        """Drain and stop the heads and sink threads in that order; the first error."""
+        first: BaseException | None = None
+        for w in (self.heads, None, self.worker):
+            try:
+                if w is None:
+                    with contextlib.suppress(EdgeError):
+                        self._events(final=True)
+                else:
+                    w.close()
+            except BaseException as e:
+                first = first or e
+        return first
 
     def _summary(
         self, stopped_by: str, duration_s: float, error: BaseException | None
@@ -411,8 +417,8 @@ class _Run:
                 "capture": c.capture.stats.to_dict(),
                 "stages": c.stats.summary(),
             }
-            if c.feeder.error is not None:
-                e = c.feeder.error
+            if c.feed.error is not None:
+                e = c.feed.error
                 cams[c.id]["error"] = f"{type(e).__name__}: {e}"
         total = sum(c.processed for c in self.cams)
         out: dict[str, Any] = {

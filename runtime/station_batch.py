@@ -154,10 +154,10 @@ class BatchRunner:
         ):
             outs = self._run_part(merged, tr, None, None)
             t0 = time.perf_counter_ns()
-            for j, res in enumerate(results):
-                for task in self.tasks:
-                    s = self.steps[task]
-                    res[task] = s.decoder.decode(outs[s.output][j])
+            for task in self.tasks:
+                s = self.steps[task]
+                for res, r in zip(results, s.decoder.decode_batch(outs[s.output][:n])):
+                    res[task] = r
             each = (time.perf_counter_ns() - t0) // n
             for t in ts:
                 t["heads"], t["postprocess"] = merged.last_run_ns, each
@@ -184,10 +184,12 @@ class BatchRunner:
                 }
                 raw = head.run(feed, [s.output])[s.output]
                 rows = list(range(len(want)))
-            for j, r in zip(want, rows):
-                t0 = time.perf_counter_ns()
-                results[j][task] = s.decoder.decode(raw[r])
-                post[j] += time.perf_counter_ns() - t0
+            t0 = time.perf_counter_ns()
+            decoded = s.decoder.decode_batch(raw[rows])
+            each = (time.perf_counter_ns() - t0) // len(want)
+            for j, r in zip(want, decoded):
+                results[j][task] = r
+                post[j] += each
                 ts[j][f"head:{task}"] = head.last_run_ns
         for t, p in zip(ts, post):
             t["postprocess"] = p

@@ -224,9 +224,18 @@ class Source:
         sensor = raw.t_sensor_ns
         if sensor is not None and not 0 <= t_ns - sensor <= MAX_SENSOR_AGE_NS:
             sensor = None  # not plausible on this clock: latency falls back to the arrival
+        image = raw.image
+        if not (  # the common case checked inline: naming the source per frame costs a regex
+            isinstance(image, np.ndarray)
+            and image.dtype == np.uint8
+            and image.ndim == 3
+            and image.shape[2] == 3
+            and image.flags.c_contiguous
+        ):
+            image = as_bgr(image, where=self._name())
         frame = Frame(
             id=self._next_id,
-            image=as_bgr(raw.image, where=self._name()),
+            image=image,
             t_capture_ns=t_ns,
             source_index=raw.source_index,
             meta=raw.meta,

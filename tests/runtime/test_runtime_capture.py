@@ -120,6 +120,19 @@ def test_latest_keeps_only_the_newest_and_counts_every_drop() -> None:
     assert s.captured == s.delivered + s.dropped and s.ended
 
 
+def test_on_frame_wakes_a_consumer_per_buffered_frame_and_once_at_the_end() -> None:
+    calls: list[int] = []
+    cap = CaptureThread(
+        open_source("synthetic:?frames=12&width=64&height=64"),
+        "fifo:20",
+        on_frame=lambda: calls.append(1),
+    ).start()
+    assert cap.join(timeout=20)
+    assert len(calls) == 12 + 1 and cap.stats.queued == 12  # each frame, then "ended"
+    assert [cap.get(timeout=0).id for _ in range(12)] == list(range(12))  # type: ignore[union-attr]
+    assert cap.get(timeout=0) is None and cap.ended
+
+
 def test_latest_with_a_slow_consumer_accounts_for_every_id() -> None:
     cap = CaptureThread(open_source("synthetic:?frames=40&width=64&height=64"), "latest")
     with cap:

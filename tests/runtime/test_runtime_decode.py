@@ -103,3 +103,42 @@ def test_argmax_channels_equals_numpy_argmax_with_ties(classes: int) -> None:
     got = argmax_channels(raw)
     assert got.dtype == np.uint8 and got.shape == (16, 24)
     np.testing.assert_array_equal(got, np.argmax(raw, axis=0))
+
+
+@pytest.mark.parametrize(
+    "spec, shape",
+    [
+        ({"type": "softmax_argmax", "labels": ["ok", "scratch", "hole"]}, (3,)),
+        ({"type": "sigmoid_threshold", "labels": ["a", "b"], "threshold": 0.4}, (2,)),
+        ({"type": "affine", "names": ["angle"], "scale": 2.5, "offset": -1.0}, (1,)),
+        ({"type": "affine", "names": ["x", "y"]}, (2,)),
+        ({"type": "argmax_mask", "labels": ["bg", "defect"]}, (2, 6, 5)),
+        ({"type": "argmax_mask", "labels": ["bg", "a", "b"]}, (3, 6, 5)),
+    ],
+)
+def test_a_batch_decodes_exactly_as_its_frames_one_by_one(spec: dict, shape: tuple) -> None:
+    d = Decoder("t", spec)
+    raw = np.random.default_rng(7).normal(size=(5, *shape)).astype(np.float32)
+    raw[2].flat[0] = np.nan  # one broken frame among good ones
+    batch = d.decode_batch(raw)
+    one = [d.decode(r) for r in raw]
+    assert [json.dumps(r.data) for r in batch] == [json.dumps(r.data) for r in one]
+    assert batch[2].error is not None and all(
+        r.error is None for i, r in enumerate(batch) if i != 2
+    )
+    for b, o in zip(batch, one):
+        assert (b.mask is None) == (o.mask is None)
+        if b.mask is not None and o.mask is not None:
+            assert np.array_equal(b.mask, o.mask) and b.mask.dtype == np.uint8
+    with pytest.raises(BundleError, match="per frame"):
+        d.decode_batch(raw[:, :0])
+    assert d.decode_batch(raw[:0]) == []
+
+
+def test_argmax_channels_on_a_batch_axis_matches_numpy() -> None:
+    rng = np.random.default_rng(3)
+    for c in (2, 4):
+        raw = rng.normal(size=(3, c, 7, 9)).astype(np.float32)
+        want = np.argmax(raw, axis=1).astype(np.uint8)
+        assert np.array_equal(argmax_channels(raw, axis=1), want)
+        assert np.array_equal(argmax_channels(raw[1]), want[1])
