@@ -285,7 +285,8 @@ class _Run:
         for (cam, _), result in zip(cams, results):
             t0 = time.perf_counter_ns()
             cam.tally.add(result)
-            self._line({"camera": cam.id, "batch": n, **frame_record(result, self.clock)})
+            if self.jsonl is not None:
+                self.jsonl.event({"camera": cam.id, "batch": n, **frame_record(result, self.clock)})
             result.timings_ns["sink"] = time.perf_counter_ns() - t0
             cam.stats.add(result.timings_ns)
             cam.stats.add_one("e2e", time.monotonic_ns() - result.t_capture_ns)
