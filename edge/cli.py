@@ -275,6 +275,7 @@ def _cmd_station(args: argparse.Namespace) -> int:
         batch_wait_ms=next(
             (v for v in (args.batch_wait_ms, station.get("batch_wait_ms")) if v is not None), 4.0
         ),
+        open_timeout_s=args.open_timeout,
         backend_options=_backend_options(args),
     )
     summary = run_station(args.bundle, cfg)

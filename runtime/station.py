@@ -9,7 +9,8 @@ collected, preprocessed and trunked), which hands the batch's results to a sink 
 handoffs per batch, not per frame. Batching deadline: the first ready frame waits at most
 ``batch_wait_ms`` for the other cameras, and only for those whose next frame is due within
 that time, so a slow, stalled or dead camera never holds the others back; its gaps are
-reported per camera.
+reported per camera. A live camera that cannot be opened at the start is retried in the
+background for ``open_timeout_s`` while the others run: it joins when it opens.
 
 Every JSONL line carries ``"camera"`` (the camera id) and ``"batch"`` (frames in its trunk
 call); events (``gap``, ``drop``, ``overrun``, ``error``: a camera whose capture failed for
@@ -20,6 +21,8 @@ station totals and a one-camera summary per camera.
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -50,6 +53,10 @@ from edge.runtime.station_batch import BatchRunner, Ready, Trunked, task_order
 from edge.runtime.station_config import StationConfig
 
 IDLE_WAIT_S = 0.05
+
+
+def _report(camera: str, message: str) -> None:
+    print(f"[capture {camera}] {message}", file=sys.stderr, flush=True)
 
 
 class _Feed:
@@ -222,7 +229,12 @@ class _Run:
         for i, (c, src) in enumerate(zip(cfg.cameras, sources)):
             policy = c.policy or ("latest" if src.is_live else "fifo:4")
             cap = CaptureThread(
-                src, policy, name=f"edge-capture-{c.id}", on_frame=self.batcher.notify
+                src,
+                policy,
+                name=f"edge-capture-{c.id}",
+                open_timeout_s=cfg.open_timeout_s,
+                report=functools.partial(_report, c.id),
+                on_frame=self.batcher.notify,
             )
             feed = _Feed(i, cap)
             self.cams.append(_Cam(c.id, cap, feed, StageStats(), TaskTally(pipeline.tasks)))

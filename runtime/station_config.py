@@ -74,6 +74,9 @@ class StationConfig:
     warmup: int = 3
     max_batch: int | None = None
     batch_wait_ms: float = 4.0
+    open_timeout_s: float = 300.0
+    """A live camera that cannot be opened at the start is retried (with the reopen backoff)
+    for this long while the others run; it joins when it opens, or ends alone with an error."""
     source_options: SourceOptions = field(default_factory=SourceOptions)
     backend_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -92,6 +95,8 @@ class StationConfig:
             raise ConfigError(f"station max_batch {self.max_batch}: must be >= 1")
         if not 0 <= self.batch_wait_ms <= 1000:
             raise ConfigError(f"station batch_wait_ms {self.batch_wait_ms}: must be 0..1000")
+        if not self.open_timeout_s >= 0:
+            raise ConfigError(f"--open-timeout {self.open_timeout_s}: must be >= 0 seconds")
         if self.warmup < 0:
             raise ConfigError(f"--warmup {self.warmup}: must be >= 0")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge.cli import main
-from edge.core.errors import ConfigError, ScheduleError
+from edge.core.errors import ConfigError, ScheduleError, SourceError
 from edge.data.demo_line import LineConfig, render_frame
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.pipeline import Pipeline
@@ -134,6 +134,44 @@ def test_a_camera_that_fails_for_good_ends_alone(
     )
     assert sum(r["camera"] == "bad" for r in frames) <= 3
     assert summary["cameras"]["c0"]["frames"] >= 40 and summary["cameras"]["c1"]["frames"] >= 40
+
+
+class LateCamera(ReplaySource):
+    """A replay camera whose first ``bad_opens`` opens fail (a camera that boots after the
+    board); the behaviour under test is the station's."""
+
+    def __init__(self, images: list[np.ndarray], bad_opens: int, **kw: Any) -> None:
+        super().__init__(images, **kw)
+        self.bad_opens, self.opens = bad_opens, 0
+
+    def _open_impl(self) -> None:
+        self.opens += 1
+        if self.opens <= self.bad_opens:
+            raise SourceError("camera not up yet")
+        super()._open_impl()
+
+
+def test_a_late_camera_joins_and_one_that_never_opens_ends_alone(
+    dyn_bundle: Path, images: list[np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    srcs: dict[str, Any] = replay(images, 2, fps=50)
+    srcs["late"] = LateCamera(images, 3, fps=50, name="late", options=FAST)
+    srcs["never"] = LateCamera(images, 10**6, fps=50, name="never", options=FAST)
+    out = tmp_path / "late.jsonl"
+    cams = tuple(Camera(c, "replay") for c in srcs)
+    cfg = StationConfig(cams, duration_s=2.0, out=out, open_timeout_s=0.8)
+    summary = run_station(dyn_bundle, cfg, sources=srcs)
+    frames, events = lines(out)
+    first = {
+        c: min(r["t_capture_ns"] for r in frames if r["camera"] == c) for c in srcs if c != "never"
+    }
+    assert first["late"] > first["c0"] and summary["cameras"]["late"]["frames"] >= 20
+    assert summary["cameras"]["c0"]["frames"] >= 60  # not held while the others were opened
+    assert srcs["late"].opens == 4 and srcs["never"].opens >= 2
+    errors = [e for e in events if e["event"] == "error"]
+    assert [e["camera"] for e in errors] == ["never"] and "not up yet" in errors[0]["error"]
+    assert summary["stopped_by"] == "duration" and "never" not in {r["camera"] for r in frames}
+    assert "[capture never]" in capsys.readouterr().err
 
 
 def test_fixed_batch_bundle_runs_cameras_one_by_one(
