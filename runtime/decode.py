@@ -225,8 +225,8 @@ def argmax_channels(raw: np.ndarray, axis: int = 0) -> np.ndarray:
     comparison, ~30x faster than numpy's strided argmax; ties go to class 0, as with
     ``np.argmax``."""
     if raw.shape[axis] == 2:
-        lead = (slice(None),) * axis
-        return np.greater(raw[(*lead, 1)], raw[(*lead, 0)]).view(np.uint8)
+        pair = np.moveaxis(raw, axis, 0)  # a view: classes first
+        return np.greater(pair[1], pair[0]).view(np.uint8)
     return np.argmax(raw, axis=axis).astype(np.uint8)
 
 
