@@ -198,12 +198,13 @@ def run_station(
         header = run_header(
             bundle.root, cfg.backend, run_precision(cfg.backend, cfg.backend_options), True, uris
         )
-        # line outputs: servers started before any file is opened (each camera under its id)
-        tasks = {c.id: s.order for c, s in zip(cfg.cameras, schedules)}
-        line = open_station_line_sink(cfg.line, run=header, decoders=decoders, cameras=tasks)
-        lock = jsonl = None
+        lock = OutputLock(cfg.out) if cfg.out is not None else None
+        line: LineSink | None = None
+        jsonl: JsonlSink | None = None
         try:
-            lock = OutputLock(cfg.out) if cfg.out is not None else None
+            # line outputs: servers started before any file is opened, each camera under its id
+            tasks = {c.id: s.order for c, s in zip(cfg.cameras, schedules)}
+            line = open_station_line_sink(cfg.line, run=header, decoders=decoders, cameras=tasks)
             jsonl = JsonlSink(cfg.out, header=header) if cfg.out is not None else None
             with opencv_threads(1):
                 return _Run(cfg, pipeline, runner, opened, jsonl, stop, line).run()
