@@ -218,10 +218,6 @@ def _line_config(args: argparse.Namespace) -> LineOutputsConfig | None:
 _STATION_UNSUPPORTED = (
     ("--verify-key", "verify_key"),
     ("--rotate", "rotate"),
-    ("--mqtt", "mqtt"),
-    ("--opcua", "opcua"),
-    ("--metrics", "metrics"),
-    ("--reject", "reject"),
     ("--trigger-every", "trigger_every"),
 )
 """edge run flags the station (runtime/station.py) does not implement yet."""
@@ -277,6 +273,7 @@ def _cmd_station(args: argparse.Namespace) -> int:
         ),
         open_timeout_s=args.open_timeout,
         backend_options=_backend_options(args),
+        line=_line_config(args),
     )
     summary = run_station(args.bundle, cfg)
     brief = {k: summary[k] for k in ("frames", "fps", "stopped_by", "batches")}

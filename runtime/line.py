@@ -3,7 +3,8 @@ shared by the MQTT, OPC UA and metrics sinks (:mod:`edge.runtime.line_sinks` bui
 
 The compact record (``SCHEMA_VERSION`` 1; the MQTT ``…/result`` payload)::
 
-    {"v": 1, "run": "20261130T010203Z-3f2a9c", "frame": 17, "msg": "20261130T010203Z-3f2a9c/17",
+    {"v": 1, "run": "20261130T010203Z-3f2a9c", "camera": "cam0", "frame": 17,
+     "msg": "20261130T010203Z-3f2a9c/17",
      "t": "2026-11-30T01:02:03.456789Z", "latency_ms": 3.1, "reject": false,
      "tasks": {"defect": {"label": "scratch", "score": 0.93}, "mask": {"value": 0.012},
                "angle": {"value": 12.5}, "attrs": {"label": "rusty", "score": 0.8}}}
@@ -11,8 +12,9 @@ The compact record (``SCHEMA_VERSION`` 1; the MQTT ``…/result`` payload)::
 ``tasks`` holds the tasks that ran on the frame: ``label`` (classification: the label;
 multi-label: the labels that are on, comma-joined), ``score`` (the label's probability / the
 highest probability of an on label), ``value`` (regression: the value, or the first of several
-values; segmentation: the share of defect pixels). ``msg`` is unique per frame and run: the key a
-consumer dedupes on (delivery is at least once).
+values; segmentation: the share of defect pixels). ``camera`` is the camera id (as in the topics).
+``msg`` is unique per frame and run: the key a consumer dedupes on (delivery is at least once); in
+a station run (several cameras) it is ``RUN/CAMERA/FRAME``.
 """
 
 from __future__ import annotations
@@ -88,10 +90,12 @@ class LineOutputsConfig:
 class LineOutput(Protocol):
     """One line output (MQTT, OPC UA, metrics, or your own), fed by the line thread.
 
-    ``frame``: one frame's compact record (module doc), its stage times and the run's counters
+    ``frame``: one frame's compact record (module doc), its stage times and its camera's counters
     so far (Frames, Rejects, Drops, Overruns, Gaps); ``event``: a runtime event (drop, overrun,
-    gap, ...) and the counters after it. Neither may block for long: the line thread feeds every
-    output in turn. ``report``: counters for the run summary; ``close``: flush and stop."""
+    gap, ...; its ``camera`` key names the camera) and that camera's counters after it. Neither
+    may block for long: the line thread feeds every output in turn. ``report``: counters for the
+    run summary; ``close``: flush and stop. An output built for a station (several cameras on one
+    connection or server) also has ``camera_report(camera)``: that camera's part of the report."""
 
     name: str
 
@@ -189,21 +193,50 @@ def task_brief(r: TaskResult) -> dict[str, Any]:
     return {"value": round(float(d["fraction"]), 6)}
 
 
-class Recorder:
-    """FrameResult -> the compact record (module doc), plus the reject decision."""
+def station_headers(
+    cfg: LineOutputsConfig, run: Mapping[str, Any], cameras: Mapping[str, Sequence[str]]
+) -> list[RunHeader]:
+    """One header per camera of a station run (``cameras``: id -> the tasks its schedule may
+    run); they share the run's id, bundle and backend."""
+    if cfg.camera is not None:
+        raise ConfigError(
+            f"--camera {cfg.camera!r} names the camera of a one-camera run; a station's cameras "
+            "are named cam0, cam1, ... (--source order) or by the station file's ids"
+        )
+    return [
+        RunHeader(
+            run_id=str(run["run_id"]),
+            station=cfg.station,
+            camera=cam,
+            bundle=Path(str(run["bundle"])).name,
+            bundle_hash=str(run["bundle_sha256"]),
+            backend=str(run["backend"]),
+            precision=str(run["precision"]),
+            mode=str(run["mode"]),
+            tasks=tuple(tasks),
+            started=str(run["started"]),
+        )
+        for cam, tasks in cameras.items()
+    ]
 
-    def __init__(self, header: RunHeader, reject: Condition | None) -> None:
-        self.header, self.reject = header, reject
+
+class Recorder:
+    """FrameResult -> the compact record (module doc), plus the reject decision. ``station``:
+    the run has several cameras (``msg`` then names the camera too)."""
+
+    def __init__(self, header: RunHeader, reject: Condition | None, station: bool = False) -> None:
+        self.header, self.reject, self.station = header, reject, station
         self.clock = WallClock()
 
     def record(self, result: FrameResult) -> dict[str, Any]:
         rejected = self.reject is not None and self.reject.holds(result.results)
-        run = self.header.run_id
+        run, cam = self.header.run_id, self.header.camera
         return {
             "v": SCHEMA_VERSION,
             "run": run,
+            "camera": cam,
             "frame": result.frame_id,
-            "msg": f"{run}/{result.frame_id}",
+            "msg": f"{run}/{cam}/{result.frame_id}" if self.station else f"{run}/{result.frame_id}",
             "t": self.clock.iso(result.t_capture_ns),
             "latency_ms": round(result.latency_ns / 1e6, 3),
             "reject": rejected,

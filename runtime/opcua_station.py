@@ -25,6 +25,11 @@ Task.<t>.Value        Double    regression value / segmentation defect share
 Task.<t>.Frame        UInt64    frame of the task's last result (tasks may skip frames)
 ====================  ========  ===========================================================
 
+A station run (several cameras) serves one server with one such node set per camera: the
+object ``Objects/<camera>`` (node id ``s=<camera>``) holds that camera's variables and task
+objects, each node id prefixed by the camera id: ``<camera>.Station.Frames``,
+``<camera>.Task.<t>.Label`` (``Station.Camera`` says the id; ``Heartbeat`` ticks in each).
+
 The server runs its own asyncio loop on a thread. The line thread keeps the newest values and
 hands them to that loop with ``run_coroutine_threadsafe`` at most 10 times a second, when the
 previous hand-over is done (never waiting: a slow client costs intermediate values, never
@@ -38,7 +43,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -90,15 +95,24 @@ def parse_opcua_url(url: str) -> tuple[str, int]:
 
 class OpcuaStation:
     name = "opcua"
-    """Start the server (``__init__`` returns once it listens); ``update`` from one thread."""
+    """Start the server (``__init__`` returns once it listens); ``update`` from one thread.
+    ``headers``: one per camera; ``station``: one node set per camera (module doc)."""
 
     def __init__(
-        self, url: str, header: RunHeader, user: str | None = None, start_timeout: float = 30.0
+        self,
+        url: str,
+        headers: RunHeader | Sequence[RunHeader],
+        user: str | None = None,
+        start_timeout: float = 30.0,
+        *,
+        station: bool = False,
     ) -> None:
         host, port = parse_opcua_url(url)
         require("asyncua", extra="opcua", purpose="--opcua")
         self.url = f"opc.tcp://{host}:{port}/"
-        self.header = header
+        hs = [headers] if isinstance(headers, RunHeader) else list(headers)
+        self.headers = {h.camera: h for h in hs}
+        self.header, self.station = hs[0], station
         self.credentials = tuple(user.split(":", 1)) if user else None
         self.loop = asyncio.new_event_loop()
         self.nodes: dict[str, Any] = {}
@@ -159,22 +173,8 @@ class OpcuaStation:
                 else:  # asyncua 1.1.5, the last for Python 3.8
                     srv.set_security_IDs(["Username"])
             idx = await srv.register_namespace(NAMESPACE)
-            station = await srv.nodes.objects.add_object(ua.NodeId("Station", idx), "Station")
-            h = self.header
-            init = {
-                "Name": h.station,
-                "Camera": h.camera,
-                "RunId": h.run_id,
-                "BundleHash": h.bundle_hash,
-                "Backend": h.backend,
-                "Precision": h.precision,
-            }
-            for name, vt in STATION_VARS.items():
-                await self._var(station, idx, f"Station.{name}", name, init.get(name), vt)
-            for task in h.tasks:
-                obj = await station.add_object(ua.NodeId(f"Task.{task}", idx), task)
-                for name, vt in TASK_VARS.items():
-                    await self._var(obj, idx, f"Task.{task}.{name}", name, None, vt)
+            for h in self.headers.values():
+                await self._node_set(srv, idx, h)
             self._stop = asyncio.Event()
             async with srv:
                 self._ready.set()
@@ -184,10 +184,39 @@ class OpcuaStation:
                         await asyncio.wait_for(self._stop.wait(), 1.0)
                     except asyncio.TimeoutError:
                         beat += 1
-                        await self._write({**self._take(), "Station.Heartbeat": (beat, _UINT)})
+                        beats = {f"{p}Station.Heartbeat": (beat, _UINT) for p in self._prefixes()}
+                        await self._write({**self._take(), **beats})
         except BaseException as e:
             self.error = e
             self._ready.set()
+
+    def _prefix(self, camera: str) -> str:
+        """What a camera's node ids start with: ``<camera>.`` in a station, nothing otherwise."""
+        return f"{camera}." if self.station else ""
+
+    def _prefixes(self) -> list[str]:
+        return [self._prefix(c) for c in self.headers]
+
+    async def _node_set(self, srv: Any, idx: int, h: RunHeader) -> None:
+        """One camera's object, variables and task objects (the module doc's table)."""
+        ua = _ua()
+        pre = self._prefix(h.camera)
+        top = h.camera if self.station else "Station"
+        station = await srv.nodes.objects.add_object(ua.NodeId(top, idx), top)
+        init = {
+            "Name": h.station,
+            "Camera": h.camera,
+            "RunId": h.run_id,
+            "BundleHash": h.bundle_hash,
+            "Backend": h.backend,
+            "Precision": h.precision,
+        }
+        for name, vt in STATION_VARS.items():
+            await self._var(station, idx, f"{pre}Station.{name}", name, init.get(name), vt)
+        for task in h.tasks:
+            obj = await station.add_object(ua.NodeId(f"{pre}Task.{task}", idx), task)
+            for name, vt in TASK_VARS.items():
+                await self._var(obj, idx, f"{pre}Task.{task}.{name}", name, None, vt)
 
     async def _var(self, parent: Any, idx: int, nid: str, name: str, value: Any, vt: str) -> None:
         ua = _ua()
@@ -201,32 +230,42 @@ class OpcuaStation:
             await self.nodes[nid].write_value(ua.Variant(v, getattr(ua.VariantType, vt)))
 
     # -- fed by the line thread ---------------------------------------------------------------
-    def update(self, counters: Mapping[str, int], record: Mapping[str, Any] | None) -> None:
-        """Newest counters (Frames, Rejects, Drops, Overruns, Gaps) and, for a frame, its record;
-        handed to the server loop at most every ``min_interval_s`` and only when the previous
-        hand-over finished (never waits; the server's 1 s tick writes what is left)."""
+    def update(
+        self,
+        counters: Mapping[str, int],
+        record: Mapping[str, Any] | None,
+        camera: str | None = None,
+    ) -> None:
+        """A camera's newest counters (Frames, Rejects, Drops, Overruns, Gaps) and, for a frame,
+        its record; handed to the server loop at most every ``min_interval_s`` and only when the
+        previous hand-over finished (never waits; the server's 1 s tick writes what is left)."""
+        cam = camera or (str(record["camera"]) if record and "camera" in record else None)
+        pre = self._prefix(cam or self.header.camera)
         with self._lock:
-            self._merge(counters, record)
+            self._merge(counters, record, pre)
         if time.monotonic() - self._last_handover >= self.min_interval_s:
             self.flush()
 
-    def _merge(self, counters: Mapping[str, int], record: Mapping[str, Any] | None) -> None:
+    def _merge(
+        self, counters: Mapping[str, int], record: Mapping[str, Any] | None, pre: str = ""
+    ) -> None:
         vals = self._values
         for k, n in counters.items():
-            vals[f"Station.{k}"] = (int(n), _UINT)
+            vals[f"{pre}Station.{k}"] = (int(n), _UINT)
         if record is not None:
-            vals["Station.LastFrame"] = (int(record["frame"]), _UINT)
-            vals["Station.Reject"] = (bool(record["reject"]), _BOOL)
-            vals["Station.LatencyMs"] = (float(record["latency_ms"]), _DOUBLE)
+            vals[f"{pre}Station.LastFrame"] = (int(record["frame"]), _UINT)
+            vals[f"{pre}Station.Reject"] = (bool(record["reject"]), _BOOL)
+            vals[f"{pre}Station.LatencyMs"] = (float(record["latency_ms"]), _DOUBLE)
             for task, d in record["tasks"].items():
-                if f"Task.{task}.Frame" not in self.nodes:
+                t = f"{pre}Task.{task}"
+                if f"{t}.Frame" not in self.nodes:
                     continue
-                vals[f"Task.{task}.Frame"] = (int(record["frame"]), _UINT)
+                vals[f"{t}.Frame"] = (int(record["frame"]), _UINT)
                 if "label" in d:
-                    vals[f"Task.{task}.Label"] = (str(d["label"]), _STRING)
-                    vals[f"Task.{task}.Score"] = (float(d["score"]), _DOUBLE)
+                    vals[f"{t}.Label"] = (str(d["label"]), _STRING)
+                    vals[f"{t}.Score"] = (float(d["score"]), _DOUBLE)
                 if "value" in d:
-                    vals[f"Task.{task}.Value"] = (float(d["value"]), _DOUBLE)
+                    vals[f"{t}.Value"] = (float(d["value"]), _DOUBLE)
 
     def _take(self) -> dict[str, tuple[Any, str]]:
         with self._lock:
@@ -253,10 +292,14 @@ class OpcuaStation:
         self.update(counters, record)
 
     def event(self, event: Mapping[str, Any], counters: Mapping[str, int]) -> None:
-        self.update(counters, None)
+        cam = event.get("camera")
+        self.update(counters, None, str(cam) if cam in self.headers else None)
 
     def report(self) -> dict[str, Any]:
         return {"url": self.url, "skipped_updates": self.skipped}
+
+    def camera_report(self, camera: str) -> dict[str, Any]:
+        return {"object": camera, "nodes": f"{self._prefix(camera)}Station.*"}
 
     def close(self) -> None:
         self.flush(wait=2.0)

@@ -3,6 +3,12 @@
 ``…/reject``, a retained ``…/status`` (Last Will: state ``offline``) and the retained run header
 on ``…/info``.
 
+A station run (several cameras) shares one client and one spool: each camera publishes under
+its own ``PREFIX/<station>/<camera>/…`` exactly as above (its own retained ``info`` and
+``status``); MQTT allows one Last Will per connection, so the station's is on
+``PREFIX/<station>/status`` (retained, ``online`` while the client is connected, ``offline``
+with reason ``lost`` or ``stopped``), and a clean stop also says ``offline`` on each camera's.
+
 ``post`` only appends to an in-memory queue: the inference thread never waits for the network.
 A publisher thread hands messages to paho while the broker is connected (at most ``window``
 unacknowledged) and spools them to disk (:class:`~edge.runtime.spool.Spool`, bounded, in order)
@@ -19,7 +25,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +80,13 @@ def parse_mqtt_url(url: str) -> MqttTarget:
     )
 
 
+def check_tls_files(cfg: LineOutputsConfig) -> None:
+    for name in ("mqtt_ca", "mqtt_cert", "mqtt_key"):
+        p = getattr(cfg, name)
+        if p is not None and not Path(p).is_file():
+            raise ConfigError(f"--{name.replace('_', '-')} '{p}': no such file")
+
+
 def default_spool_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "etr-edge" / "spool"
@@ -83,30 +96,43 @@ class MqttPublisher:
     name = "mqtt"
     """``frame(record, ...)`` per frame; ``close()`` delivers what waits (up to
     ``mqtt_drain_s``, also waiting for a broker that is away to come back; the spool keeps the
-    rest for the next run) and says offline."""
+    rest for the next run) and says offline. ``headers``: one per camera (a one-camera run has
+    one); ``station``: a station run (see the module doc)."""
 
     def __init__(
         self,
         cfg: LineOutputsConfig,
-        header: RunHeader,
+        headers: RunHeader | Sequence[RunHeader],
         *,
+        station: bool = False,
         window: int = 500,
         status_every_s: float = STATUS_EVERY_S,
     ) -> None:
         assert cfg.mqtt is not None
         target = parse_mqtt_url(cfg.mqtt)
-        for name in ("mqtt_ca", "mqtt_cert", "mqtt_key"):
-            p = getattr(cfg, name)
-            if p is not None and not Path(p).is_file():
-                raise ConfigError(f"--{name.replace('_', '-')} '{p}': no such file")
+        check_tls_files(cfg)
         # paho is an optional extra: imported only when --mqtt is used
         mqtt: Any = require("paho.mqtt.client", extra="mqtt", purpose="--mqtt")
-        self.header, self.window, self.drain_s = header, window, cfg.mqtt_drain_s
+        hs = [headers] if isinstance(headers, RunHeader) else list(headers)
+        self.headers = {h.camera: h for h in hs}
+        self.header, self.station = hs[0], station
+        header = self.header
+        self.window, self.drain_s = window, cfg.mqtt_drain_s
         self.status_every_s = status_every_s
-        self.base = f"{target.prefix}/{header.station}/{header.camera}"
-        self.topics = {k: f"{self.base}/{k}" for k in ("result", "reject", "status", "info")}
+        self.bases = {h.camera: f"{target.prefix}/{h.station}/{h.camera}" for h in hs}
+        self.cam_topics = {
+            cam: {k: f"{b}/{k}" for k in ("result", "reject", "status", "info")}
+            for cam, b in self.bases.items()
+        }
+        self.cam_counts = {cam: {"posted": 0, "rejects": 0} for cam in self.bases}
+        self.base = self.bases[header.camera]
+        self.topics = self.cam_topics[header.camera]
+        self.station_base = f"{target.prefix}/{header.station}"
+        # the Last Will: the camera's status, or (a station) the station's
+        self.will_topic = f"{self.station_base}/status" if station else self.topics["status"]
         spool_dir = Path(cfg.spool) if cfg.spool is not None else default_spool_dir()
-        self.spool_path = spool_dir / f"{header.station}-{header.camera}.sqlite"
+        name = header.station if station else f"{header.station}-{header.camera}"
+        self.spool_path = spool_dir / f"{name}.sqlite"
         self._spool_max = cfg.spool_max
         self._inbox: collections.deque[Message] = collections.deque()
         self._wake = threading.Event()
@@ -125,7 +151,7 @@ class MqttPublisher:
 
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"etr-{header.station}-{header.camera}-{os.getpid()}",
+            client_id=f"etr-{name}-{os.getpid()}",
             protocol=mqtt.MQTTv311,
         )
         if target.user is not None:
@@ -137,7 +163,7 @@ class MqttPublisher:
                 keyfile=str(cfg.mqtt_key) if cfg.mqtt_key else None,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
-        c.will_set(self.topics["status"], self._status("offline", "lost"), qos=1, retain=True)
+        c.will_set(self.will_topic, self._status("offline", "lost"), qos=1, retain=True)
         c.max_inflight_messages_set(min(window, 200))
         c.reconnect_delay_set(0.2, 1)
         c.on_connect = self._on_connect
@@ -156,8 +182,12 @@ class MqttPublisher:
         with self._lock:
             self.counts["connects"] += 1
             self._resync = True
-        self._publish(self.topics["info"], json_line(self.header.to_json()).rstrip(b"\n"), True)
-        self._publish(self.topics["status"], self._status("online"), True)
+        for cam, h in self.headers.items():
+            info = json_line(h.to_json()).rstrip(b"\n")
+            self._publish(self.cam_topics[cam]["info"], info, True)
+            self._publish(self.cam_topics[cam]["status"], self._status("online", camera=cam), True)
+        if self.station:
+            self._publish(self.will_topic, self._status("online"), True)
         self._connected.set()
         self._wake.set()
 
@@ -182,28 +212,39 @@ class MqttPublisher:
         self, record: Mapping[str, Any], timings_ns: Mapping[str, int], counters: Mapping[str, int]
     ) -> None:
         """Queue one frame's record (and its reject message); never blocks."""
+        cam = str(record.get("camera", self.header.camera))
+        topics, counts = self.cam_topics[cam], self.cam_counts[cam]
         payload = json_line(record).rstrip(b"\n")  # strict JSON: NaN/Infinity become null
-        self._inbox.append((self.topics["result"], payload, 1, False))
+        self._inbox.append((topics["result"], payload, 1, False))
         if record.get("reject"):
-            rej = {k: record[k] for k in ("v", "run", "frame", "msg", "t")}
+            rej = {k: record[k] for k in ("v", "run", "camera", "frame", "msg", "t") if k in record}
             rej["reject"] = True
-            self._inbox.append((self.topics["reject"], json_line(rej).rstrip(b"\n"), 1, False))
+            self._inbox.append((topics["reject"], json_line(rej).rstrip(b"\n"), 1, False))
             self.counts["rejects"] += 1
+            counts["rejects"] += 1
         self.counts["posted"] += 1
+        counts["posted"] += 1
         self._wake.set()
 
-    def _status(self, state: str, reason: str = "") -> bytes:
+    def _status(self, state: str, reason: str = "", camera: str | None = None) -> bytes:
+        """A status payload: the camera's (``camera``) or the whole connection's; ``dropped`` and
+        ``spooled`` are the connection's (one spool)."""
         c = self.counts
-        d = {
+        mine = self.cam_counts[camera] if camera is not None else c
+        d: dict[str, Any] = {
             "v": SCHEMA_VERSION,
             "state": state,
             "run": self.header.run_id,
             "t": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "frames": c["posted"],
-            "rejects": c["rejects"],
+            "frames": mine["posted"],
+            "rejects": mine["rejects"],
             "dropped": c["dropped"],
             "spooled": c["spooled"],
         }
+        if self.station:
+            d["camera"] = camera
+        if self.station and camera is None:
+            d["cameras"] = list(self.headers)
         if reason:
             d["reason"] = reason
         return json_line(d).rstrip(b"\n")
@@ -286,7 +327,10 @@ class MqttPublisher:
             self._busy = False
             now = time.monotonic()
             if now >= next_status and self._connected.is_set():
-                self._publish(self.topics["status"], self._status("online"), True)
+                for cam, topics in self.cam_topics.items():
+                    self._publish(topics["status"], self._status("online", camera=cam), True)
+                if self.station:
+                    self._publish(self.will_topic, self._status("online"), True)
                 next_status = now + self.status_every_s
             if self._stop.is_set():
                 deadline = deadline or now + self.drain_s
@@ -308,10 +352,14 @@ class MqttPublisher:
             d: dict[str, Any] = dict(self.counts, unacked=self._unacked)
         d["spool"] = str(self.spool_path)
         d["spool_waiting"] = self.spool_left
-        d["topic"] = self.base
+        d["topic"] = self.station_base if self.station else self.base
         if self.error is not None:
             d["error"] = f"{type(self.error).__name__}: {self.error}"
         return d
+
+    def camera_report(self, camera: str) -> dict[str, Any]:
+        """One camera's part (a station run): its topic path and counts."""
+        return {"topic": self.bases[camera], **self.cam_counts[camera]}
 
     def close(self) -> None:
         """Deliver what waits (up to ``drain_s``), publish state offline, disconnect."""
@@ -319,9 +367,14 @@ class MqttPublisher:
         self._wake.set()
         self._thread.join(self.drain_s + 5.0)
         if self._connected.is_set():
-            info = self.client.publish(
-                self.topics["status"], self._status("offline", "stopped"), qos=1, retain=True
-            )
-            info.wait_for_publish(2.0)
+            last = [
+                (t["status"], self._status("offline", "stopped", cam))
+                for cam, t in self.cam_topics.items()
+            ]
+            if self.station:
+                last.append((self.will_topic, self._status("offline", "stopped")))
+            infos = [self.client.publish(t, p, qos=1, retain=True) for t, p in last]
+            for info in infos:
+                info.wait_for_publish(2.0)
         self.client.disconnect()
         self.client.loop_stop()

@@ -16,6 +16,11 @@ Every JSONL line carries ``"camera"`` (the camera id) and ``"batch"`` (frames in
 call); events (``gap``, ``drop``, ``overrun``, ``error``: a camera whose capture failed for
 good, while the others go on) carry the camera id too. The summary has the
 station totals and a one-camera summary per camera.
+
+Line outputs (``StationConfig.line``: MQTT, OPC UA, metrics, reject rule) are shared by the
+cameras, one connection / server per process, each camera under its own id
+(:func:`~edge.runtime.line_sinks.open_station_line_sink`); each camera's part of their report
+is in its summary (``cameras.<id>.line``), the shared part in ``line``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.latency import StageStats
+from edge.runtime.line_sinks import LineSink, check_line_config, open_station_line_sink
 from edge.runtime.outputs import (
     OutputLock,
     check_output_paths,
@@ -173,6 +179,7 @@ def run_station(
     for camera in cfg.cameras:  # outputs that are a camera's file or each other are refused
         check_output_paths(camera.source, cfg.out, None, cfg.summary_path)
     decoders = decoders_from_manifest(bundle.manifest)
+    check_line_config(cfg.line, decoders)  # a bad line option fails before the engines load
     schedules: list[Schedule] = [
         build_schedule(decoders, tasks=c.tasks, every=c.every, when=c.when) for c in cfg.cameras
     ]
@@ -199,12 +206,18 @@ def run_station(
             bundle.root, cfg.backend, run_precision(cfg.backend, cfg.backend_options), True, uris
         )
         lock = OutputLock(cfg.out) if cfg.out is not None else None
-        jsonl = None
+        line: LineSink | None = None
+        jsonl: JsonlSink | None = None
         try:
+            # line outputs: servers started before any file is opened, each camera under its id
+            tasks = {c.id: s.order for c, s in zip(cfg.cameras, schedules)}
+            line = open_station_line_sink(cfg.line, run=header, decoders=decoders, cameras=tasks)
             jsonl = JsonlSink(cfg.out, header=header) if cfg.out is not None else None
             with opencv_threads(1):
-                return _Run(cfg, pipeline, runner, opened, jsonl, stop).run()
+                return _Run(cfg, pipeline, runner, opened, jsonl, stop, line).run()
         finally:
+            if line is not None:
+                line.close()  # when the run never started (_close closed it otherwise)
             if jsonl is not None:
                 jsonl.close()
             if lock is not None:
@@ -220,8 +233,10 @@ class _Run:
         sources: list[Source],
         jsonl: JsonlSink | None,
         stop: threading.Event | None,
+        line: LineSink | None = None,
     ) -> None:
         self.cfg, self.pipeline, self.runner, self.jsonl = cfg, pipeline, runner, jsonl
+        self.line = line
         self.stop = stop or threading.Event()
         self.clock = WallClock()
         self.batcher = Batcher(cfg.batch_wait_ms / 1e3)
@@ -292,6 +307,8 @@ class _Run:
     def _line(self, record: dict[str, Any]) -> None:
         if self.jsonl is not None:
             self.jsonl.event(record)
+        if self.line is not None and "event" in record:  # frames: _sink feeds it the result
+            self.line.event(record)
 
     def _sink(self, cams: list[tuple[_Cam, Ready]], results: list[FrameResult], n: int) -> None:
         for (cam, _), result in zip(cams, results):
@@ -299,6 +316,8 @@ class _Run:
             cam.tally.add(result)
             if self.jsonl is not None:
                 self.jsonl.event({"camera": cam.id, "batch": n, **frame_record(result, self.clock)})
+            if self.line is not None:
+                self.line.write(result, cam.id)
             result.timings_ns["sink"] = time.perf_counter_ns() - t0
             cam.stats.add(result.timings_ns)
             cam.stats.add_one("e2e", time.monotonic_ns() - result.t_capture_ns)
@@ -414,6 +433,11 @@ class _Run:
                     w.close()
             except BaseException as e:
                 first = first or e
+        if self.line is not None:  # every line is queued: publish it, stop the servers
+            try:
+                self.line.close()
+            except BaseException as e:
+                first = first or e
         return first
 
     def _summary(
@@ -445,6 +469,11 @@ class _Run:
             "run": {**self.pipeline.describe(), "order": self.runner.order},
             "cameras": cams,
         }
+        if self.line is not None:
+            report = self.line.report()
+            for cam_id, part in report.pop("cameras", {}).items():
+                cams[cam_id]["line"] = part
+            out["line"] = report
         if error is not None:
             out["error"] = f"{type(error).__name__}: {error}"
         return out

@@ -25,6 +25,7 @@ from typing import Any
 
 from edge.core.errors import ConfigError
 from edge.runtime.capture import parse_policy
+from edge.runtime.line import LineOutputsConfig
 from edge.runtime.outputs import summary_path
 from edge.runtime.sources.base import SourceOptions
 
@@ -79,6 +80,8 @@ class StationConfig:
     for this long while the others run; it joins when it opens, or ends alone with an error."""
     source_options: SourceOptions = field(default_factory=SourceOptions)
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    line: LineOutputsConfig | None = None
+    """MQTT / OPC UA / metrics / reject, shared by the cameras, each under its id."""
 
     def __post_init__(self) -> None:
         if not self.cameras:
@@ -99,6 +102,11 @@ class StationConfig:
             raise ConfigError(f"--open-timeout {self.open_timeout_s}: must be >= 0 seconds")
         if self.warmup < 0:
             raise ConfigError(f"--warmup {self.warmup}: must be >= 0")
+        if self.line is not None and self.line.camera is not None:
+            raise ConfigError(
+                f"--camera {self.line.camera!r} names the camera of a one-camera run; a "
+                "station's cameras are cam0, cam1, ... (--source order) or the station file's ids"
+            )
 
     @property
     def summary_path(self) -> Path | None:

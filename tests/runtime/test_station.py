@@ -252,5 +252,5 @@ def test_station_refuses_flags_it_does_not_implement(dyn_bundle: Path, tmp_path:
     from edge.cli import main
 
     srcs = ["--source", "synthetic:?frames=2", "--source", "synthetic:?frames=2"]
-    assert main(["run", str(dyn_bundle), *srcs, "--metrics", "127.0.0.1:0"]) == 2
+    assert main(["run", str(dyn_bundle), *srcs, "--trigger-every", "100"]) == 2
     assert main(["run", str(dyn_bundle), *srcs, "--verify-key", str(tmp_path / "k.pub")]) == 2
