@@ -215,11 +215,7 @@ def _line_config(args: argparse.Namespace) -> LineOutputsConfig | None:
     )
 
 
-_STATION_UNSUPPORTED = (
-    ("--verify-key", "verify_key"),
-    ("--rotate", "rotate"),
-    ("--trigger-every", "trigger_every"),
-)
+_STATION_UNSUPPORTED = (("--trigger-every", "trigger_every"),)
 """edge run flags the station (runtime/station.py) does not implement yet."""
 
 
@@ -272,6 +268,9 @@ def _cmd_station(args: argparse.Namespace) -> int:
             (v for v in (args.batch_wait_ms, station.get("batch_wait_ms")) if v is not None), 4.0
         ),
         open_timeout_s=args.open_timeout,
+        rotate=args.rotate,
+        keep=args.keep,
+        verify_key=Path(args.verify_key) if args.verify_key else None,
         backend_options=_backend_options(args),
         line=_line_config(args),
     )

@@ -39,6 +39,7 @@ from edge.core.errors import EdgeError
 from edge.core.files import write_json
 from edge.core.manifest import load_bundle
 from edge.core.preprocess import opencv_threads
+from edge.core.signing import verify_bundle
 from edge.runtime.capture import CaptureThread
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.latency import StageStats
@@ -46,6 +47,7 @@ from edge.runtime.line_sinks import LineSink, check_line_config, open_station_li
 from edge.runtime.outputs import (
     OutputLock,
     check_output_paths,
+    parse_rotate,
     run_header,
     run_precision,
     strict_json,
@@ -175,6 +177,8 @@ def run_station(
 
     ``sources``: unopened :class:`Source` objects by camera id, used instead of opening that
     camera's URI. ``stop``: an event that ends the run like a signal."""
+    if cfg.verify_key is not None:
+        verify_bundle(bundle_path, cfg.verify_key)  # before anything is loaded from it
     bundle = load_bundle(bundle_path)
     for camera in cfg.cameras:  # outputs that are a camera's file or each other are refused
         check_output_paths(camera.source, cfg.out, None, cfg.summary_path)
@@ -212,7 +216,9 @@ def run_station(
             # line outputs: servers started before any file is opened, each camera under its id
             tasks = {c.id: s.order for c, s in zip(cfg.cameras, schedules)}
             line = open_station_line_sink(cfg.line, run=header, decoders=decoders, cameras=tasks)
-            jsonl = JsonlSink(cfg.out, header=header) if cfg.out is not None else None
+            if cfg.out is not None:
+                rotate = parse_rotate(cfg.rotate)
+                jsonl = JsonlSink(cfg.out, header=header, rotate=rotate, keep=cfg.keep)
             with opencv_threads(1):
                 return _Run(cfg, pipeline, runner, opened, jsonl, stop, line).run()
         finally:

@@ -26,7 +26,7 @@ from typing import Any
 from edge.core.errors import ConfigError
 from edge.runtime.capture import parse_policy
 from edge.runtime.line import LineOutputsConfig
-from edge.runtime.outputs import summary_path
+from edge.runtime.outputs import parse_rotate, summary_path
 from edge.runtime.sources.base import SourceOptions
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -71,6 +71,11 @@ class StationConfig:
     duration_s: float | None = None
     out: Path | None = None
     summary: Path | None = None
+    rotate: str | None = None
+    """Rotate ``out`` at a size ("100M", "2G") or "daily"; ``keep`` rotated files stay."""
+    keep: int = 5
+    verify_key: Path | None = None
+    """Refuse the bundle unless its signature verifies with this public key (``edge sign``)."""
     backend: str = "onnxruntime"
     warmup: int = 3
     max_batch: int | None = None
@@ -98,6 +103,11 @@ class StationConfig:
             raise ConfigError(f"station max_batch {self.max_batch}: must be >= 1")
         if not 0 <= self.batch_wait_ms <= 1000:
             raise ConfigError(f"station batch_wait_ms {self.batch_wait_ms}: must be 0..1000")
+        if self.rotate is not None and self.out is None:
+            raise ConfigError("--rotate applies to --out: give --out too")
+        parse_rotate(self.rotate)
+        if self.keep < 1:
+            raise ConfigError(f"--keep {self.keep}: must be >= 1")
         if not self.open_timeout_s >= 0:
             raise ConfigError(f"--open-timeout {self.open_timeout_s}: must be >= 0 seconds")
         if self.warmup < 0:

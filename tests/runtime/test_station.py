@@ -253,4 +253,33 @@ def test_station_refuses_flags_it_does_not_implement(dyn_bundle: Path, tmp_path:
 
     srcs = ["--source", "synthetic:?frames=2", "--source", "synthetic:?frames=2"]
     assert main(["run", str(dyn_bundle), *srcs, "--trigger-every", "100"]) == 2
-    assert main(["run", str(dyn_bundle), *srcs, "--verify-key", str(tmp_path / "k.pub")]) == 2
+
+
+def test_station_verifies_a_signed_bundle_and_rotates_its_lines(
+    dyn_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("cryptography")
+    import shutil
+
+    from edge.core.signing import generate_keys, sign_bundle
+
+    copy = tmp_path / "signed"
+    shutil.copytree(dyn_bundle, copy)
+    private, public = generate_keys(tmp_path / "release.key")
+    sign_bundle(copy, private)
+    src = "synthetic:?frames=40&width=96&height=80"
+    out = tmp_path / "lines.jsonl"
+    argv = ["run", str(copy), "--source", src, "--source", src, "--out", str(out)]
+    assert main([*argv, "--verify-key", str(public), "--rotate", "4K", "--keep", "50"]) == 0
+    rotated = sorted(tmp_path.glob("lines*.jsonl*"))
+    assert len(rotated) >= 3, rotated  # 80 lines of ~1.3 kB: several 4 kB files
+    frames = [r for p in rotated for r in lines(p)[0]]
+    assert sorted((r["camera"], r["frame"]) for r in frames) == [
+        (c, i) for c in ("cam0", "cam1") for i in range(40)
+    ]  # rotation loses no line
+    (copy / "manifest.json").write_text((copy / "manifest.json").read_text() + " ")
+    capsys.readouterr()
+    other = tmp_path / "other.jsonl"
+    argv = ["run", str(copy), "--source", src, "--source", src, "--out", str(other)]
+    assert main([*argv, "--verify-key", str(public)]) == 2
+    assert "altered" in capsys.readouterr().err and not other.exists()

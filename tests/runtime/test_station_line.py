@@ -250,7 +250,7 @@ def test_cli_station_takes_line_flags_and_refuses_the_rest(
         (["--metrics", "127.0.0.1:0", "--reject", "nosuchtask != ok"], "nosuchtask"),
         (["--metrics", "127.0.0.1:0", "--camera", "one"], "--camera"),
         (["--opcua", "opc.tcp://nohostport"], "--opcua"),
-        (["--verify-key", str(tmp_path / "k.pub")], "--verify-key"),
+        (["--verify-key", str(tmp_path / "k.pub")], "k.pub"),
         (["--rotate", "1h"], "--rotate"),
         (["--trigger-every", "100"], "--trigger-every"),
     ):
