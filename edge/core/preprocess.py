@@ -70,8 +70,11 @@ class InputSpec:
 
 PREFILTER_MIN = 0.9
 """Shrinking reads every ``m``-th pair of rows, ``m`` the largest even step that keeps at least
-this fraction of the output's height; columns are pair-averaged and halved while at least this
-fraction of the output's width remains (then bilinear to the output)."""
+this fraction of the output's height; likewise columns at a step of at most ``COLUMN_STEP``,
+then halved (pairs averaged) while at least this fraction of the output's width remains."""
+
+COLUMN_STEP = 4
+"""A row is read whole anyway (cache lines); a finer column step costs compute, not memory."""
 
 
 def _step(src: int, dst: int) -> int:
@@ -83,15 +86,16 @@ def _step(src: int, dst: int) -> int:
 def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize one uint8 HxWx3 BGR frame to (height, width). Returns the frame itself when it
     already has that size; bilinear when enlarging (either axis). Shrinking by ~1.8x or more
-    (``PREFILTER_MIN``) first averages 2x2 blocks: the rows in pairs at an even step ``m`` (a
-    bilinear sample between two rows reads only those: 2 of every ``m`` rows), the columns
-    all, then halved again while wide enough (2^k-pixel means), on the centred crop that is a
-    multiple of the steps (under ``m`` pixels lost); then bilinear to the output. 1-px stripes
-    and checkers average to grey instead of aliasing, and the cost follows the rows read:
-    128x128 from 640x480 / 1280x720 in ~0.1 / 0.15 ms hot (a full cv2.INTER_AREA: 0.7 / 2.4 ms;
-    bench/bench_resize.py). The result differs from INTER_AREA by ~1.2 / 1.6 / 1.8 grey levels
-    on average on 320x240 / 640x480 / 1280x720 demo-line frames: mostly sensor noise, which
-    fewer rows average less."""
+    (``PREFILTER_MIN``) first takes the mean of 2x2 blocks at even steps (a bilinear sample
+    between two rows reads only those: 2 of every ``m`` rows, m = 4 at 480 -> 128, 6 at 720),
+    on the centred crop that is a multiple of the steps (under a step lost), halves the
+    columns while wide enough, then bilinear to the output. 1-px stripes and checkers average
+    to grey instead of aliasing, finer columns alias about as little as under INTER_AREA, but
+    rows are read in pairs: 2-px rows at 1280x720 still alias (not a full area filter; see
+    bench/bench_resize.py's table). The result is within ~1.2 / 1.6 / 1.8 grey levels
+    (mean) of cv2.INTER_AREA on 320x240 / 640x480 / 1280x720 demo-line frames; the cost
+    follows the rows read: in a 30 fps run 0.36-0.47 ms where the former 2-4x grid + area
+    took 0.55-1.1 ms and a full INTER_AREA ~1-2 ms (bench/bench_resize.py, 2-core VM)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputContractError(
             f"a frame must be uint8 HxWx3 (BGR), got {image.dtype} {image.shape}; convert "
@@ -102,7 +106,7 @@ def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
         return image
     if h < height or w < width:
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    my, mx = _step(h, height), min(2, _step(w, width))
+    my, mx = _step(h, height), min(COLUMN_STEP, _step(w, width))
     if my > 1 or mx > 1:
         ny, nx = h // my, w // mx
         y0, x0 = (h - ny * my) // 2, (w - nx * mx) // 2
@@ -120,7 +124,7 @@ def frames_to_input(frames: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray
     """A batch of frames -> the graph's input tensor (N, H, W, C) uint8 or (N, C, H, W) float32."""
     if not frames:
         raise InputContractError("frames_to_input needs at least one frame")
-    if len(frames) == 1:  # a view, not np.stack: its first call after a frame wait costs ~0.1 ms
+    if len(frames) == 1:  # [None], not np.stack: ~0.1 ms less right after a frame wait
         one = resize_frame(frames[0], spec.height, spec.width)
         batch = (one.copy() if one is frames[0] else one)[None]
     else:
