@@ -93,9 +93,11 @@ def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
     to grey instead of aliasing, finer columns alias about as little as under INTER_AREA, but
     rows are read in pairs: 2-px rows at 1280x720 still alias (not a full area filter; see
     bench/bench_resize.py's table). The result is within ~1.2 / 1.6 / 1.8 grey levels
-    (mean) of cv2.INTER_AREA on 320x240 / 640x480 / 1280x720 demo-line frames; the cost
-    follows the rows read: in a 30 fps run 0.36-0.47 ms where the former 2-4x grid + area
-    took 0.55-1.1 ms and a full INTER_AREA ~1-2 ms (bench/bench_resize.py, 2-core VM)."""
+    (mean) of cv2.INTER_AREA on 320x240 / 640x480 / 1280x720 demo-line frames. The cost
+    follows the rows read: 0.08 / 0.17 ms back to back (the former 2-4x grid + area: 0.2 /
+    0.6 ms, INTER_AREA 0.7 / 2.4 ms); in a 30 fps run on a shared 2-core VM about half the
+    former's, near one plain bilinear call (preprocess p50, medians of 4 runs: 0.45 vs 0.82
+    ms at 640x480, 1.0 vs 1.4 ms at 1280x720; bilinear 0.46 / 1.0; bench/bench_resize.py)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputContractError(
             f"a frame must be uint8 HxWx3 (BGR), got {image.dtype} {image.shape}; convert "
