@@ -1,0 +1,150 @@
+"""Live latency and throughput of one camera through ``edge run``'s loop, the loops side by side.
+
+Loops (``RunConfig``): ``threads`` = overlap with every frame handed to the prefetch and sink
+threads (the loop before issue 16's adaptive handoff, ``adaptive=False``); ``adaptive`` = the
+default (the calling thread takes, preprocesses and writes a frame itself while nothing else
+waits); ``inline`` = ``overlap=False`` (everything after capture on the calling thread).
+
+Per loop and round (rounds interleave the loops, A B C A B C, medians reported):
+
+- live: one camera (``ReplaySource``, in-memory demo-line frames) at 30 fps, 640x480 and
+  1280x720: e2e p50 / p99 (capture -> results written) and trunk + heads p50 of the same run,
+  and their ratio (issue 16's target: e2e p50 <= 1.3x trunk + heads p50);
+- load: the same camera at ``--fast-fps`` (faster than inference), 640x480: frames/s.
+
+The load average is printed before and after (other work on a shared CPU moves every figure).
+
+    python bench/bench_live.py [--bundle B] [--seconds 4] [--rounds 3] [--jsonl]
+
+Without ``--bundle`` the demo model is converted into a temporary folder (about 20 s).
+``--jsonl`` also writes each run's results lines (to a temporary file), as ``--out`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.data.demo_line import LineConfig, render_frame
+from edge.runtime.replay import ReplaySource
+from edge.runtime.run import RunConfig, run_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPS: dict[str, dict[str, Any]] = {
+    "threads": {"overlap": True, "adaptive": False},
+    "adaptive": {"overlap": True},
+    "inline": {"overlap": False},
+}
+
+
+def frames(width: int, height: int, n: int = 8) -> list[np.ndarray]:
+    return [render_frame(i, LineConfig(width=width, height=height)).image for i in range(n)]
+
+
+def one_run(
+    bundle: Path, imgs: list[np.ndarray], fps: float, seconds: float, loop: str, out: Path | None
+) -> dict[str, float]:
+    kw = {k: v for k, v in LOOPS[loop].items() if k in _FIELDS}
+    if out is not None:
+        out.unlink(missing_ok=True)
+    cfg = RunConfig(source="replay", duration_s=seconds, warmup=10, out=out, **kw)
+    s = run_bundle(bundle, cfg, source=ReplaySource(imgs, fps=fps))
+    st = s.stages
+    infer = st["trunk"]["p50_ms"] + st.get("heads", {"p50_ms": 0.0})["p50_ms"]
+    return {
+        "fps": s.fps,
+        "e2e_p50": st["e2e"]["p50_ms"],
+        "e2e_p99": st["e2e"]["p99_ms"],
+        "infer_p50": infer,
+        "ratio": st["e2e"]["p50_ms"] / infer,
+        "pre_p50": st["preprocess"]["p50_ms"],
+        "wait_p50": st["queue_wait"]["p50_ms"],
+    }
+
+
+_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def build(work: Path) -> Path:
+    from edge.convert.bundle import ConvertConfig, convert_checkpoint
+
+    out = work / "bundle"
+    if (out / "manifest.json").is_file():
+        return out
+    ckpt = REPO / "edge" / "assets" / "demo.pt"
+    return convert_checkpoint(ckpt, ConvertConfig(out=out, verify_frames=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fast-fps", type=float, default=1000.0)
+    ap.add_argument("--loops", default=",".join(LOOPS))
+    ap.add_argument("--jsonl", action="store_true", help="write results lines (--out)")
+    a = ap.parse_args()
+    cv2.setNumThreads(1)
+    loops = [x for x in a.loops.split(",") if x]
+    if "adaptive" not in _FIELDS:  # a tree before the adaptive loop: its default is "threads"
+        loops = [x for x in loops if x != "adaptive"]
+    work = Path(tempfile.mkdtemp(prefix="bench-live-"))
+    bundle = a.bundle or build(work)
+    out = work / "results.jsonl" if a.jsonl else None
+    print(f"bundle {bundle}; load average before: {load()} on {os.cpu_count()} CPUs")
+    sizes = {"640x480": frames(640, 480), "1280x720": frames(1280, 720)}
+    res: dict[tuple[str, str], list[dict[str, float]]] = {}
+    t0 = time.monotonic()
+    for _ in range(a.rounds):
+        for loop in loops:
+            for tag, imgs in sizes.items():
+                r = one_run(bundle, imgs, 30.0, a.seconds, loop, out)
+                res.setdefault((loop, f"live {tag}"), []).append(r)
+            r = one_run(bundle, sizes["640x480"], a.fast_fps, a.seconds, loop, out)
+            res.setdefault((loop, "load 640x480"), []).append(r)
+    print(f"{a.rounds} rounds of {a.seconds:g} s runs in {time.monotonic() - t0:.0f} s")
+
+    def med(loop: str, arm: str, key: str) -> float:
+        return statistics.median(r[key] for r in res[(loop, arm)])
+
+    head = f"{'arm':16s} {'loop':9s}"
+    print(
+        f"{head} {'e2e p50':>8s} {'e2e p99':>8s} {'t+h p50':>8s} {'ratio':>6s} "
+        f"{'pre p50':>8s} {'wait p50':>8s}   (ms; ratio = e2e p50 / trunk+heads p50)"
+    )
+    for tag in sizes:
+        for loop in loops:
+            arm = f"live {tag}"
+            vals = [med(loop, arm, k) for k in ("e2e_p50", "e2e_p99", "infer_p50")]
+            ratio = med(loop, arm, "ratio")
+            rounds = ", ".join(f"{r['ratio']:.2f}" for r in res[(loop, arm)])
+            print(
+                f"{arm:16s} {loop:9s} {vals[0]:8.3f} {vals[1]:8.3f} {vals[2]:8.3f} {ratio:6.2f} "
+                f"{med(loop, arm, 'pre_p50'):8.3f} {med(loop, arm, 'wait_p50'):8.3f}"
+                f"   (ratios: {rounds})"
+            )
+    for loop in loops:
+        fps = med(loop, "load 640x480", "fps")
+        rounds = ", ".join(f"{r['fps']:.0f}" for r in res[(loop, "load 640x480")])
+        print(
+            f"load {a.fast_fps:g} fps camera, {loop:9s}: {fps:7.1f} frames/s processed "
+            f"(rounds: {rounds}); e2e p50 {med(loop, 'load 640x480', 'e2e_p50'):.3f} ms"
+        )
+    print(f"load average after: {load()}")
+
+
+if __name__ == "__main__":
+    main()
