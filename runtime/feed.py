@@ -173,12 +173,10 @@ class LendingFeed(DirectFeed):
     def lend(self) -> None:
         """The caller starts processing the frame ``get`` returned: the helper takes the next
         one, when it is expected before the caller is done."""
-        if self.lent or self._last is None:
+        if self.lent or self._last is None or not (self._period_ns and self._busy_ns):
+            return  # not known yet (the first two frames)
+        if self._last[1] + self._period_ns > self._t_got + LEND_MARGIN * self._busy_ns:
             return
-        if self._period_ns and self._busy_ns:
-            next_ns = self._last[1] + self._period_ns
-            if next_ns > self._t_got + LEND_MARGIN * self._busy_ns:
-                return
         self.lent = True
         self.lent_count += 1
         self._recall.clear()
