@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge.data.demo_line import LineConfig, render_frame
@@ -97,7 +96,6 @@ def main() -> None:
     ap.add_argument("--loops", default=",".join(LOOPS))
     ap.add_argument("--jsonl", action="store_true", help="write results lines (--out)")
     a = ap.parse_args()
-    cv2.setNumThreads(1)
     loops = [x for x in a.loops.split(",") if x]
     if "adaptive" not in _FIELDS:  # a tree before the adaptive loop: its default is "threads"
         loops = [x for x in loops if x != "adaptive"]

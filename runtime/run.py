@@ -355,13 +355,13 @@ class _Loop:
                 self.outputs.remove(s)
                 self.failed_outputs.append(s)
                 self.failed = self.failed or e
-        self.tally.add(result)
         timings["sink"] = time.perf_counter_ns() - t0
         if self.jsonl is not None:
             warnings = self.frame_warnings.pop(result.frame_id, None)
             self.jsonl.write(result, {"warnings": warnings} if warnings else None)
             timings["sink"] = time.perf_counter_ns() - t0
         e2e = time.monotonic_ns() - result.t_capture_ns  # to published; bookkeeping after
+        self.tally.add(result)
         self.stats.add(timings)
         self.stats.add_one("e2e", e2e)
 
