@@ -106,8 +106,8 @@ def main() -> None:
     sizes = {"640x480": frames(640, 480), "1280x720": frames(1280, 720)}
     res: dict[tuple[str, str], list[dict[str, float]]] = {}
     t0 = time.monotonic()
-    for _ in range(a.rounds):
-        for loop in loops:
+    for k in range(a.rounds):
+        for loop in loops if k % 2 == 0 else loops[::-1]:  # A B C, C B A, ...
             for tag, imgs in sizes.items():
                 r = one_run(bundle, imgs, 30.0, a.seconds, loop, out)
                 res.setdefault((loop, f"live {tag}"), []).append(r)
@@ -141,6 +141,13 @@ def main() -> None:
             f"load {a.fast_fps:g} fps camera, {loop:9s}: {fps:7.1f} frames/s processed "
             f"(rounds: {rounds}); e2e p50 {med(loop, 'load 640x480', 'e2e_p50'):.3f} ms"
         )
+    if {"threads", "adaptive"} <= set(loops):  # paired per round: load drifts between rounds
+        for arm, key in [(f"live {t}", "e2e_p50") for t in sizes] + [("load 640x480", "fps")]:
+            pairs = [n[key] / o[key] for n, o in zip(res[("adaptive", arm)], res[("threads", arm)])]
+            print(
+                f"adaptive / threads, {arm} {key}: median {statistics.median(pairs):.3f} "
+                f"(rounds: {', '.join(f'{x:.2f}' for x in pairs)})"
+            )
     print(f"load average after: {load()}")
 
 

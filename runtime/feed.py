@@ -221,11 +221,7 @@ class LendingFeed(DirectFeed):
 
     def _run(self) -> None:
         try:
-            while not self._halt.is_set():
-                try:
-                    self._lends.get(timeout=0.05)
-                except queue.Empty:
-                    continue
+            while self._lends.get() and not self._halt.is_set():  # asleep until lent
                 self._answers.put(self._take())
         except BaseException as e:
             self._answers.put(e)
@@ -244,6 +240,7 @@ class LendingFeed(DirectFeed):
     def stop(self) -> list[int]:
         """Stop the helper; the id of a frame it took that was never handed over."""
         self._halt.set()
+        self._lends.put(False)  # wakes it when it is not lent
         self.thread.join(timeout=5.0)
         unprocessed = []
         while True:
