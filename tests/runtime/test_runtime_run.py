@@ -255,7 +255,7 @@ def test_at_light_load_the_calling_thread_writes_the_sinks(
     wake-up on the latency path); the fixed threaded loop hands it every frame."""
     sink = ThreadSink(0.0)
     frames = [np.full((120, 160, 3), 40 * i, np.uint8) for i in range(3)]
-    cfg = RunConfig(source="replay", frames=6, warmup=0, out=tmp_path / "r.jsonl", **LOOPS[loop])
+    cfg = RunConfig(source="replay", frames=6, warmup=2, out=tmp_path / "r.jsonl", **LOOPS[loop])
     s = run_bundle(tiny_bundle, cfg, sinks=[sink], source=ReplaySource(frames, fps=10))
     lines, _ = read_jsonl(tmp_path / "r.jsonl")
     assert s.frames == 6 and [f["frame"] for f in lines] == list(range(6))
