@@ -42,6 +42,7 @@ LOOPS: dict[str, dict[str, Any]] = {
     "threads": {"overlap": True, "adaptive": False},
     "adaptive": {"overlap": True},
     "inline": {"overlap": False},
+    "warm": {"overlap": True, "keep_warm": True},
 }
 
 
@@ -93,7 +94,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--fast-fps", type=float, default=1000.0)
-    ap.add_argument("--loops", default=",".join(LOOPS))
+    ap.add_argument("--loops", default="threads,adaptive,inline")
     ap.add_argument("--jsonl", action="store_true", help="write results lines (--out)")
     ap.add_argument("--arms", default="live,load", help="live (30 fps), load (--fast-fps)")
     a = ap.parse_args()

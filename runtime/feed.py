@@ -35,6 +35,10 @@ them: the longest the calling thread waits to take frames back (after a frame's 
 LEND_MARGIN = 1.5
 """Lend when the next frame is expected within this many of the caller's times per frame."""
 _EWMA = 0.125  # weight of the newest sample in the moving averages
+REHEARSAL_LEAD = 1.5
+REHEARSAL_MARGIN_NS = 300_000
+"""``keep_warm``: the rehearsal starts this many of its own times, this margin and twice the
+frame period's mean deviation before the next frame is due."""
 
 if TYPE_CHECKING:  # an alias for annotations only (Python 3.8: no tuple[...] at run time)
     Item = tuple[Frame, np.ndarray | None, int]
@@ -154,9 +158,14 @@ class LendingFeed(DirectFeed):
     (moving averages of the source's frame period and of the caller's time per frame): at light
     load the helper stays asleep (it would only wake, poll and be recalled)."""
 
-    def __init__(self, capture: CaptureThread, pipeline: Pipeline) -> None:
+    def __init__(
+        self, capture: CaptureThread, pipeline: Pipeline, *, keep_warm: bool = False
+    ) -> None:
         super().__init__(capture)
-        self.pipeline = pipeline
+        self.pipeline, self.keep_warm = pipeline, keep_warm
+        self.rehearsals = 0
+        self._rehearse_ns = 0.0  # moving average of a rehearsal's time
+        self._rehearsed = False  # since the last frame
         self._lends: queue.Queue[bool] = queue.Queue()
         self._answers: queue.Queue[Any] = queue.Queue()
         self._recall = threading.Event()
@@ -166,6 +175,7 @@ class LendingFeed(DirectFeed):
         self._last: tuple[int, int] | None = None  # the last frame handed out: id, t_capture_ns
         self._t_got = 0  # when get() handed it out (monotonic ns)
         self._period_ns = 0.0  # moving averages (0: not known yet)
+        self._jitter_ns = 0.0  # of the period's deviation
         self._busy_ns = 0.0
         self.thread = threading.Thread(target=self._run, name="edge-prefetch", daemon=True)
         self.thread.start()
@@ -205,19 +215,45 @@ class LendingFeed(DirectFeed):
             if isinstance(item, BaseException):
                 raise item
             if item is _RELEASED:
-                item = super().get(timeout)
+                item = self._direct(timeout)
         else:
-            item = super().get(timeout)
+            item = self._direct(timeout)
         if isinstance(item, tuple):
             self._arrived(item[0])
         return item
 
+    def _direct(self, timeout: float) -> Item | object | None:
+        """The next frame from the capture thread; with ``keep_warm``, the pipeline rehearses
+        the last frame just before the next one is due (when that is known and still ahead)."""
+        if self.keep_warm and not self._rehearsed and self._last and self._period_ns:
+            lead_ns = REHEARSAL_LEAD * self._rehearse_ns + REHEARSAL_MARGIN_NS + 2 * self._jitter_ns
+            wait_s = (self._last[1] + self._period_ns - lead_ns - time.monotonic_ns()) / 1e9
+            if wait_s > 0:
+                item = super().get(min(wait_s, timeout))
+                if item is not None or wait_s > timeout:
+                    return item  # a frame (early), or the caller's timeout: asked again
+                self._rehearse()
+        return super().get(timeout)
+
+    def _rehearse(self) -> None:
+        t0 = time.perf_counter_ns()
+        self.pipeline.rehearse()
+        dt = time.perf_counter_ns() - t0
+        self._rehearse_ns += (dt - self._rehearse_ns) * _EWMA if self._rehearse_ns else dt
+        self._rehearsed = True
+        self.rehearsals += 1
+
     def _arrived(self, frame: Frame) -> None:
+        self._rehearsed = False
         last, self._last = self._last, (frame.id, frame.t_capture_ns)
         self._t_got = time.monotonic_ns()
         if last is not None and frame.id > last[0]:
             dt = (frame.t_capture_ns - last[1]) / (frame.id - last[0])
-            self._period_ns += (dt - self._period_ns) * _EWMA if self._period_ns else dt
+            if self._period_ns:
+                self._jitter_ns += (abs(dt - self._period_ns) - self._jitter_ns) * _EWMA
+                self._period_ns += (dt - self._period_ns) * _EWMA
+            else:
+                self._period_ns = dt
 
     def _run(self) -> None:
         try:

@@ -115,6 +115,11 @@ class RunConfig:
     frame arrives during inference, a frame waits when the sinks are due); at light load the
     calling thread takes, preprocesses and writes it itself (fewer thread wake-ups: lower
     latency). False: every frame goes through both threads."""
+    keep_warm: bool = False
+    """Light load, a source at a steady rate: just before the next frame is due, run the last
+    frame through the pipeline again (results discarded), so the frame finds the code and
+    weights in the CPU caches instead of evicted by the idle wait (``bench/bench_live.py``).
+    Costs one more pass per frame while idle; needs ``overlap`` and ``adaptive``."""
     source_options: SourceOptions = field(default_factory=SourceOptions)
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     rotate: str | None = None
@@ -144,6 +149,8 @@ class RunConfig:
         if self.rotate is not None and self.out is None:
             raise ConfigError("--rotate applies to --out: give --out too")
         parse_rotate(self.rotate)
+        if self.keep_warm and not (self.overlap and self.adaptive):
+            raise ConfigError("keep_warm needs the adaptive loop: overlap and adaptive on")
         if self.keep < 1:
             raise ConfigError(f"--keep {self.keep}: must be >= 1")
         if self.trigger_every_ms is not None and not self.trigger_every_ms > 0:
@@ -411,7 +418,7 @@ class _Loop:
         if not cfg.overlap:
             feeder: DirectFeed = DirectFeed(self.capture)
         elif cfg.adaptive:
-            feeder = LendingFeed(self.capture, pipeline)
+            feeder = LendingFeed(self.capture, pipeline, keep_warm=cfg.keep_warm)
         else:
             feeder = PrefetchFeed(self.capture, pipeline)
         self.feeder = feeder

@@ -76,3 +76,18 @@ def test_stop_reports_the_frame_the_helper_holds(tiny_bundle: Path) -> None:
         assert feed.ready()
         held = feed.stop()
     assert len(held) == 1 and held[0] > 0
+
+
+def test_keep_warm_rehearses_before_each_frame_at_light_load(tiny_bundle: Path) -> None:
+    with Pipeline(tiny_bundle) as p, CaptureThread(ReplaySource(FRAMES, fps=20)) as cap:
+        p.warmup(2)
+        feed = LendingFeed(cap, p, keep_warm=True)
+        try:
+            got = consume(feed, p, 8, 0.0)
+        finally:
+            feed.stop()
+    ids = [i for i, _ in got]
+    assert ids == sorted(set(ids)) and p.frames == 8  # rehearsals are not frames
+    # from the third frame on the period is known: a rehearsal before each frame that does
+    # not come early
+    assert 2 <= feed.rehearsals <= 6 and feed.lent_count == 0

@@ -121,7 +121,14 @@ def test_schedule_file_and_bad_flags(tiny_bundle: Path, demo_video: Path, tmp_pa
     assert s.tasks["defect"]["runs"] == 16
     with pytest.raises(ScheduleError, match="okay"):
         run_bundle(tiny_bundle, RunConfig(source=str(demo_video), when=("mask: defect != okay",)))
-    for bad in (dict(frames=0), dict(duration_s=0.0), dict(policy="newest"), dict(warmup=-1)):
+    bad_flags: list[dict[str, Any]] = [
+        dict(frames=0),
+        dict(duration_s=0.0),
+        dict(policy="newest"),
+        dict(warmup=-1),
+        dict(keep_warm=True, adaptive=False),
+    ]
+    for bad in bad_flags:
         with pytest.raises(ConfigError):
             RunConfig(source="synthetic:", **bad)  # type: ignore[arg-type]
 
