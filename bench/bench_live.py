@@ -3,9 +3,11 @@
 Loops (``RunConfig``): ``threads`` = overlap with every frame handed to the prefetch and sink
 threads (the loop before issue 16's adaptive handoff, ``adaptive=False``); ``adaptive`` = the
 default (the calling thread takes, preprocesses and writes a frame itself while nothing else
-waits); ``inline`` = ``overlap=False`` (everything after capture on the calling thread).
+waits); ``inline`` = ``overlap=False`` (everything after capture on the calling thread);
+``warm`` = ``adaptive`` with ``keep_warm`` (the last frame rehearsed just before the next is due;
+not in the default ``--loops``: it spends a second pass per frame).
 
-Per loop and round (rounds interleave the loops, A B C A B C, medians reported):
+Per loop and round (rounds interleave the loops, A B C then C B A, medians reported):
 
 - live: one camera (``ReplaySource``, in-memory demo-line frames) at 30 fps, 640x480 and
   1280x720: e2e p50 / p99 (capture -> results written) and trunk + heads p50 of the same run,
@@ -14,7 +16,7 @@ Per loop and round (rounds interleave the loops, A B C A B C, medians reported):
 
 The load average is printed before and after (other work on a shared CPU moves every figure).
 
-    python bench/bench_live.py [--bundle B] [--seconds 4] [--rounds 3] [--jsonl]
+    python bench/bench_live.py [--bundle B] [--seconds 4] [--rounds 3] [--loops a,b] [--jsonl]
 
 Without ``--bundle`` the demo model is converted into a temporary folder (about 20 s).
 ``--jsonl`` also writes each run's results lines (to a temporary file), as ``--out`` does.
