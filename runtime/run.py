@@ -8,6 +8,7 @@ decoding (ONNX Runtime and OpenCV release the GIL, so these really overlap). Wit
 (the default) a frame is handed to those threads only while the calling thread is busy: a frame
 that arrives while it is idle is taken, preprocessed and written by the calling thread itself
 (each handoff wakes a thread, which costs latency at light load; :mod:`edge.runtime.feed`).
+``keep_warm`` (opt-in) also rehearses the last frame just before the next one is due.
 Without ``overlap``, the calling thread does everything after capture.
 
 SIGINT/SIGTERM/SIGHUP set a stop flag (when called from the main thread; a second Ctrl-C stops
