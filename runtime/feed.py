@@ -36,9 +36,9 @@ LEND_MARGIN = 1.5
 """Lend when the next frame is expected within this many of the caller's times per frame."""
 _EWMA = 0.125  # weight of the newest sample in the moving averages
 REHEARSAL_LEAD = 1.5
-REHEARSAL_MARGIN_NS = 300_000
-"""``keep_warm``: the rehearsal starts this many of its own times, this margin and twice the
-frame period's mean deviation before the next frame is due."""
+REHEARSAL_MARGIN_NS = 1_000_000
+"""``keep_warm``: the rehearsal starts this many of its own times plus this margin before the
+next frame is due on the source's frame grid."""
 
 if TYPE_CHECKING:  # an alias for annotations only (Python 3.8: no tuple[...] at run time)
     Item = tuple[Frame, np.ndarray | None, int]
@@ -175,7 +175,8 @@ class LendingFeed(DirectFeed):
         self._last: tuple[int, int] | None = None  # the last frame handed out: id, t_capture_ns
         self._t_got = 0  # when get() handed it out (monotonic ns)
         self._period_ns = 0.0  # moving averages (0: not known yet)
-        self._jitter_ns = 0.0  # of the period's deviation
+        self._grid_ns = 0.0  # when the last frame was due on the source's frame grid
+        self._periods = 0
         self._busy_ns = 0.0
         self.thread = threading.Thread(target=self._run, name="edge-prefetch", daemon=True)
         self.thread.start()
@@ -226,8 +227,9 @@ class LendingFeed(DirectFeed):
         """The next frame from the capture thread; with ``keep_warm``, the pipeline rehearses
         the last frame just before the next one is due (when that is known and still ahead)."""
         if self.keep_warm and not self._rehearsed and self._last and self._period_ns:
-            lead_ns = REHEARSAL_LEAD * self._rehearse_ns + REHEARSAL_MARGIN_NS + 2 * self._jitter_ns
-            wait_s = (self._last[1] + self._period_ns - lead_ns - time.monotonic_ns()) / 1e9
+            took = self._rehearse_ns or self._busy_ns  # before the first: a frame's time
+            lead_ns = REHEARSAL_LEAD * took + REHEARSAL_MARGIN_NS
+            wait_s = (self._grid_ns + self._period_ns - lead_ns - time.monotonic_ns()) / 1e9
             if wait_s > 0:
                 item = super().get(min(wait_s, timeout))
                 if item is not None or wait_s > timeout:
@@ -247,13 +249,18 @@ class LendingFeed(DirectFeed):
         self._rehearsed = False
         last, self._last = self._last, (frame.id, frame.t_capture_ns)
         self._t_got = time.monotonic_ns()
-        if last is not None and frame.id > last[0]:
-            dt = (frame.t_capture_ns - last[1]) / (frame.id - last[0])
-            if self._period_ns:
-                self._jitter_ns += (abs(dt - self._period_ns) - self._jitter_ns) * _EWMA
-                self._period_ns += (dt - self._period_ns) * _EWMA
-            else:
-                self._period_ns = dt
+        t = frame.t_capture_ns
+        if last is None or frame.id <= last[0]:
+            self._grid_ns = t
+            return
+        n = frame.id - last[0]
+        dt = (t - last[1]) / n
+        self._periods += 1  # a plain mean over the first samples, then a moving average
+        self._period_ns += (dt - self._period_ns) * max(_EWMA, 1 / self._periods)
+        # a paced source's frames arrive on a grid, late by a wake-up at times, never early:
+        # an arrival before the grid moves it there, a late one moves it only a little
+        due = self._grid_ns + n * self._period_ns
+        self._grid_ns = t if t < due else due + (t - due) * _EWMA
 
     def _run(self) -> None:
         try:
