@@ -158,6 +158,7 @@ class Pipeline:
             self.close()
             raise
         self._roots = [s.rule for s in self.steps if s.rule.when is None]
+        self._last_image: np.ndarray | None = None
 
     def _load_merged(self, load: Any) -> Backend | None:
         """The all-heads graph (convert/merge.py), used on frames where every task is due
@@ -208,6 +209,7 @@ class Pipeline:
         ``defer_decode``: on a frame that ran the merged heads (so no condition reads a result),
         leave the outputs raw for ``FrameResult.finish`` to decode on another thread."""
         t = timings if timings is not None else {}
+        self._last_image = image
         index = self.frames
         self.frames += 1
         results: dict[str, TaskResult | None] = dict.fromkeys(self.tasks)
@@ -306,6 +308,30 @@ class Pipeline:
             if s.rule.due(index, results):
                 results[s.task] = s.decoder.decode(out[s.output][0])
         t["postprocess"] = time.perf_counter_ns() - t0
+
+    def rehearse(self) -> None:
+        """Run the last processed frame again (preprocessing, trunk, the merged heads or every
+        head, decoding); results discarded, not counted as a frame. Run just before the next
+        frame is due, it brings the code and weights back into the CPU caches that the idle
+        wait let other work evict (``RunConfig.keep_warm``). A no-op before the first frame."""
+        image = self._last_image
+        if image is None:
+            return
+        x = self.preprocess(image)
+        feed = {self.spec.name: x}
+        if self.parts is not None:
+            taps = self.parts.taps(feed)
+            if self.parts.merged is not None:
+                out = self.parts.all_heads(taps)
+            else:
+                out = {}
+                for s in self.steps:
+                    out.update(self.parts.head(s.task, taps, [s.output]))
+        else:
+            assert self.fused is not None
+            out = self.fused.run(feed)
+        for s in self.steps:
+            s.decoder.decode(out[s.output][0])
 
     def warmup(self, runs: int = 3) -> None:
         """Run every loaded part ``runs`` times on a black frame (first-run allocations and

@@ -4,8 +4,12 @@ signal; results to JSONL / annotated video; a summary at the end.
 Threads: the source is read on its own thread (:class:`~edge.runtime.capture.CaptureThread`)
 under the frame policy; with ``overlap`` (the default) a prefetch thread preprocesses frame k+1
 and a sink thread writes frame k-1 while the calling thread runs frame k's trunk, due heads and
-decoding (ONNX Runtime and OpenCV release the GIL, so these really overlap). Without it, the
-calling thread does everything after capture.
+decoding (ONNX Runtime and OpenCV release the GIL, so these really overlap). With ``adaptive``
+(the default) a frame is handed to those threads only while the calling thread is busy: a frame
+that arrives while it is idle is taken, preprocessed and written by the calling thread itself
+(each handoff wakes a thread, which costs latency at light load; :mod:`edge.runtime.feed`).
+``keep_warm`` (opt-in) also rehearses the last frame just before the next one is due.
+Without ``overlap``, the calling thread does everything after capture.
 
 SIGINT/SIGTERM/SIGHUP set a stop flag (when called from the main thread; a second Ctrl-C stops
 at once): the current frame finishes, every processed frame's line is written, so the JSONL ends
@@ -23,7 +27,6 @@ read-only) stops the run with that reason in the summary and raises ``OutputErro
 from __future__ import annotations
 
 import contextlib
-import queue
 import signal
 import threading
 import time
@@ -33,14 +36,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
-
 from edge.core.errors import ConfigError, SourceError
 from edge.core.files import write_json
 from edge.core.manifest import load_bundle
 from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread, parse_policy, retry_first_open, retryable
 from edge.runtime.decode import decoders_from_manifest
+from edge.runtime.feed import END, DirectFeed, LendingFeed, PrefetchFeed
 from edge.runtime.latency import StageStats
 from edge.runtime.line import LineOutputsConfig
 from edge.runtime.line_sinks import open_line_sink
@@ -68,7 +70,6 @@ from edge.runtime.sinks import (
     TaskTally,
 )
 from edge.runtime.sources.base import (
-    Frame,
     Source,
     SourceOptions,
     TriggerTimer,
@@ -76,6 +77,9 @@ from edge.runtime.sources.base import (
     redact_uri,
 )
 from edge.runtime.sources.uri import open_source
+
+if TYPE_CHECKING:
+    from edge.runtime.feed import Item
 
 GAP_POLL_S = 1.0
 
@@ -107,6 +111,16 @@ class RunConfig:
     """Pipeline the stages on worker threads: the next frame is preprocessed and the previous
     frame's sinks run while this frame is inferred (throughput; under ``latest`` one extra
     frame may wait). False: everything after capture in the calling thread."""
+    adaptive: bool = True
+    """With ``overlap``: hand a frame to those threads only while the calling thread is busy (a
+    frame arrives during inference, a frame waits when the sinks are due); at light load the
+    calling thread takes, preprocesses and writes it itself (fewer thread wake-ups: lower
+    latency). False: every frame goes through both threads."""
+    keep_warm: bool = False
+    """Light load, a source at a steady rate: just before the next frame is due, run the last
+    frame through the pipeline again (results discarded), so the frame finds the code and
+    weights in the CPU caches instead of evicted by the idle wait (``bench/bench_live.py``).
+    Costs one more pass per frame while idle; needs ``overlap`` and ``adaptive``."""
     source_options: SourceOptions = field(default_factory=SourceOptions)
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     rotate: str | None = None
@@ -136,6 +150,8 @@ class RunConfig:
         if self.rotate is not None and self.out is None:
             raise ConfigError("--rotate applies to --out: give --out too")
         parse_rotate(self.rotate)
+        if self.keep_warm and not (self.overlap and self.adaptive):
+            raise ConfigError("keep_warm needs the adaptive loop: overlap and adaptive on")
         if self.keep < 1:
             raise ConfigError(f"--keep {self.keep}: must be >= 1")
         if self.trigger_every_ms is not None and not self.trigger_every_ms > 0:
@@ -302,97 +318,6 @@ def _open_source(source: Source, open_timeout_s: float) -> None:
         retry_first_open(source, e, open_timeout_s)
 
 
-_END = object()
-if TYPE_CHECKING:  # an alias for annotations only (Python 3.8: no tuple[...] at run time)
-    _Item = tuple[Frame, np.ndarray | None, int]
-    """(frame, its preprocessed input or None, the preprocessing time in ns)"""
-
-
-class _Direct:
-    """Frames straight from the capture thread; the pipeline preprocesses when a head is due."""
-
-    def __init__(self, capture: CaptureThread) -> None:
-        self.capture = capture
-
-    def get(self, timeout: float) -> _Item | object | None:
-        frame = self.capture.get(timeout=timeout)
-        if frame is None:
-            return _END if self.capture.ended else None
-        return (frame, None, 0)
-
-    def stop(self) -> list[int]:
-        return []
-
-
-class _Prefetch:
-    """A worker that takes frames from the capture thread and preprocesses them, so frame k+1
-    is resized while frame k is inferred (OpenCV and ONNX Runtime release the GIL)."""
-
-    def __init__(self, capture: CaptureThread, pipeline: Pipeline) -> None:
-        self.capture, self.pipeline = capture, pipeline
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self.halt = threading.Event()
-        self.unprocessed: list[int] = []
-        self.taken = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="edge-prefetch", daemon=True)
-        self.thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self.halt.is_set():
-            try:
-                self.q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        latest = self.capture.policy.kind == "latest"
-        try:
-            while not self.halt.is_set():
-                # latest: take the next frame only once the last one was taken, so the frame
-                # handed to inference is the newest, not one that aged in this queue
-                if latest and not self.q.empty():
-                    self.taken.wait(0.05)
-                    self.taken.clear()
-                    continue
-                frame = self.capture.get(timeout=0.05)
-                if frame is None:
-                    if self.capture.ended:
-                        self._put(_END)
-                        return
-                    continue
-                t0 = time.perf_counter_ns()
-                x = self.pipeline.preprocess(frame.image)
-                if not self._put((frame, x, time.perf_counter_ns() - t0)):
-                    self.unprocessed.append(frame.id)
-        except BaseException as e:
-            self._put(e)
-
-    def get(self, timeout: float) -> _Item | object | None:
-        try:
-            item = self.q.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        self.taken.set()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def stop(self) -> list[int]:
-        """Stop the worker; the ids of frames it took but that were never processed."""
-        self.halt.set()
-        self.thread.join(timeout=5.0)
-        while True:
-            try:
-                item = self.q.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, tuple):
-                self.unprocessed.append(item[0].id)
-        return sorted(self.unprocessed)
-
-
 class _Loop:
     def __init__(
         self,
@@ -412,6 +337,7 @@ class _Loop:
         self.last_id: int | None = None
         self.unprocessed: list[int] = []
         self.worker: SinkWorker | None = None
+        self.feeder = DirectFeed(capture)
         self.t_done = 0
         self._last_poll = time.monotonic()
         self.header: dict[str, Any] = {}
@@ -437,18 +363,28 @@ class _Loop:
                 self.outputs.remove(s)
                 self.failed_outputs.append(s)
                 self.failed = self.failed or e
-        self.tally.add(result)
         timings["sink"] = time.perf_counter_ns() - t0
         if self.jsonl is not None:
             warnings = self.frame_warnings.pop(result.frame_id, None)
             self.jsonl.write(result, {"warnings": warnings} if warnings else None)
             timings["sink"] = time.perf_counter_ns() - t0
+        e2e = time.monotonic_ns() - result.t_capture_ns  # to published; bookkeeping after
+        self.tally.add(result)
         self.stats.add(timings)
-        self.stats.add_one("e2e", time.monotonic_ns() - result.t_capture_ns)  # to published
+        self.stats.add_one("e2e", e2e)
+
+    def _handoff(self) -> bool:
+        """Whether the sink thread writes the next call: always without ``adaptive``; with it,
+        while that thread is still busy (order) or a next frame already waits (throughput)."""
+        w = self.worker
+        if w is None:
+            return False
+        return not (self.cfg.adaptive and w.idle and not self.feeder.ready())
 
     def _event(self, event: dict[str, Any]) -> None:
         event.setdefault("t_ns", time.monotonic_ns())
-        if self.worker is not None:
+        if self._handoff():
+            assert self.worker is not None
             self.worker.submit(self._write_event, event)
         else:
             self._write_event(event)
@@ -480,7 +416,13 @@ class _Loop:
         cfg, pipeline = self.cfg, self.pipeline
         stopped_by, error = "end", None
         self.capture.start()
-        feeder = _Prefetch(self.capture, pipeline) if cfg.overlap else _Direct(self.capture)
+        if not cfg.overlap:
+            feeder: DirectFeed = DirectFeed(self.capture)
+        elif cfg.adaptive:
+            feeder = LendingFeed(self.capture, pipeline, keep_warm=cfg.keep_warm)
+        else:
+            feeder = PrefetchFeed(self.capture, pipeline)
+        self.feeder = feeder
         self.worker = SinkWorker(maxsize=4) if cfg.overlap else None
         t_start = time.monotonic_ns()
         try:
@@ -501,11 +443,11 @@ class _Loop:
                     break
                 item = feeder.get(0.05)
                 self._capture_events()
-                if item is _END:
+                if item is END:
                     break
                 if item is None:
                     continue
-                frame, prepared, pre_ns = cast("_Item", item)
+                frame, prepared, pre_ns = cast("Item", item)
                 if (
                     self.capture.policy.kind == "latest"
                     and self.last_id is not None
@@ -523,6 +465,8 @@ class _Loop:
                 timings = {"capture": queued - frame.t_capture_ns, "queue_wait": max(0, wait)}
                 if prepared is not None:
                     timings["preprocess"] = pre_ns
+                if cfg.frames is None or pipeline.frames + 1 < cfg.frames:
+                    feeder.lend()  # the next frame that arrives meanwhile is taken and resized
                 result = pipeline.process(
                     frame.image,
                     frame_id=frame.id,
@@ -530,11 +474,12 @@ class _Loop:
                     timings=timings,
                     source_index=frame.source_index,
                     prepared=prepared,
-                    defer_decode=self.worker is not None,
+                    defer_decode=feeder.lent,  # decoded on the sink thread, if it writes
                     t_sensor_ns=frame.t_sensor_ns,
                     device=device_facts(frame),
                 )
-                if self.worker is not None:
+                if self._handoff():
+                    assert self.worker is not None
                     self.worker.submit(self._sink, result)
                 else:
                     self._sink(result)
@@ -561,7 +506,7 @@ class _Loop:
                 raise late
         return summary
 
-    def _finish(self, feeder: _Direct | _Prefetch, stopped_by: str) -> BaseException | None:
+    def _finish(self, feeder: DirectFeed, stopped_by: str) -> BaseException | None:
         """Stop the threads, write every pending line and the last events; the first error."""
         self.capture.stop()
         self.unprocessed = feeder.stop()

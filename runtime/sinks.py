@@ -130,13 +130,16 @@ class SinkWorker:
     """Runs submitted calls on one worker thread, in order, so JSON encoding, drawing and video
     encoding of frame k overlap the inference of frame k+1 (ONNX Runtime releases the GIL).
     ``submit`` blocks while ``maxsize`` calls wait (backpressure, bounded memory). An error in
-    a call stops the later calls and is raised by the next ``submit`` or by ``close``."""
+    a call stops the later calls and is raised by the next ``submit`` or by ``close``.
+    :attr:`idle`: every call submitted so far has returned (the submitting thread may then make
+    the next call itself, in order, without a thread wake-up)."""
 
     def __init__(self, maxsize: int = 16, name: str = "edge-sinks") -> None:
         self._q: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue(
             maxsize
         )
         self.error: BaseException | None = None
+        self._submitted = self._done = 0  # each written by one thread only (no lock needed)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -148,10 +151,17 @@ class SinkWorker:
                     fn(*args)
                 except BaseException as e:
                     self.error = e
+            self._done += 1
+
+    @property
+    def idle(self) -> bool:
+        """No call is waiting or running, and none failed (the submitting thread's view)."""
+        return self._done == self._submitted and self.error is None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         if self.error is not None:
             raise self.error
+        self._submitted += 1
         self._q.put((fn, args))
 
     def close(self) -> None:

@@ -203,3 +203,18 @@ def test_stage_stats_percentiles_within_one_percent() -> None:
     assert t["p99_ms"] == pytest.approx(0.99, rel=0.01)
     assert summ["sink"]["p50_ms"] == summ["sink"]["p99_ms"] == 5.0
     assert s.stages == ["trunk", "sink"]
+
+
+def test_rehearse_runs_the_last_frame_again_without_counting_it(tiny_bundle: Path) -> None:
+    with Pipeline(tiny_bundle) as p:
+        p.rehearse()  # no frame yet: nothing to run
+        assert p.parts is not None and p.parts.trunk.runs == 0
+        first = p.process(FRAMES[0])
+        runs = p.parts.trunk.runs
+        p.rehearse()
+        assert p.parts.trunk.runs == runs + 1 and p.frames == 1
+        again = p.process(FRAMES[0])
+        assert again.index == 1
+        for task, r in first.results.items():
+            r2 = again.results[task]
+            assert r is not None and r2 is not None and r2.to_json() == r.to_json()

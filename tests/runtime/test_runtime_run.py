@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from edge.data.demo_line import write_video
 from edge.runtime.backends.ort import OnnxRuntimeBackend
 from edge.runtime.decode import decoders_from_manifest
 from edge.runtime.pipeline import FrameResult
+from edge.runtime.replay import ReplaySource
 from edge.runtime.run import RunConfig, run_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +121,14 @@ def test_schedule_file_and_bad_flags(tiny_bundle: Path, demo_video: Path, tmp_pa
     assert s.tasks["defect"]["runs"] == 16
     with pytest.raises(ScheduleError, match="okay"):
         run_bundle(tiny_bundle, RunConfig(source=str(demo_video), when=("mask: defect != okay",)))
-    for bad in (dict(frames=0), dict(duration_s=0.0), dict(policy="newest"), dict(warmup=-1)):
+    bad_flags: list[dict[str, Any]] = [
+        dict(frames=0),
+        dict(duration_s=0.0),
+        dict(policy="newest"),
+        dict(warmup=-1),
+        dict(keep_warm=True, adaptive=False),
+    ]
+    for bad in bad_flags:
         with pytest.raises(ConfigError):
             RunConfig(source="synthetic:", **bad)  # type: ignore[arg-type]
 
@@ -202,25 +211,82 @@ def test_annotated_video_and_frames(tiny_bundle: Path, demo_video: Path, tmp_pat
     assert np.abs(img.astype(int) - raw).max() > 100  # text drawn
 
 
-def test_overlap_off_gives_the_same_results_and_accounts_for_every_frame(
+LOOPS = {  # the run loop's three forms (RunConfig fields)
+    "adaptive": {},
+    "threads": {"adaptive": False},
+    "inline": {"overlap": False},
+}
+
+
+def test_every_loop_gives_the_same_results_and_accounts_for_every_frame(
     tiny_bundle: Path, demo_video: Path, tmp_path: Path
 ) -> None:
     outs = {}
-    for overlap in (True, False):
-        out = tmp_path / f"overlap-{overlap}.jsonl"
+    for loop, kw in LOOPS.items():
+        out = tmp_path / f"{loop}.jsonl"
         s = run_bundle(
-            tiny_bundle,
-            RunConfig(source=str(demo_video), frames=5, out=out, warmup=0, overlap=overlap),
+            tiny_bundle, RunConfig(source=str(demo_video), frames=5, out=out, warmup=0, **kw)
         )
         frames, events = read_jsonl(out)
-        outs[overlap] = [f["tasks"] for f in frames]
+        outs[loop] = [f["tasks"] for f in frames]
         unprocessed = [i for e in events if e["event"] == "unprocessed" for i in e["frame_ids"]]
         assert unprocessed == s.capture["unprocessed_ids"]
         # a finite source loses nothing: every frame taken is processed or reported
         assert s.capture["delivered"] == s.frames + len(unprocessed) and s.frames == 5
         assert not set(unprocessed) & {f["frame"] for f in frames}
         assert ("preprocess" in frames[0]["timings_ms"]) and "sink" in frames[0]["timings_ms"]
-    assert outs[True] == outs[False]
+    assert outs["adaptive"] == outs["threads"] == outs["inline"]
+
+
+class ThreadSink(SlowSink):
+    """Records which thread wrote each frame and event, in order."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(delay_s)
+        self.calls: list[tuple[str, int | None]] = []
+
+    def write(self, result: FrameResult) -> None:
+        self.calls.append((threading.current_thread().name, result.frame_id))
+        super().write(result)
+
+    def event(self, event: Any) -> None:
+        self.calls.append((threading.current_thread().name, None))
+        super().event(event)
+
+
+@pytest.mark.parametrize("loop", ["adaptive", "threads"])
+def test_at_light_load_the_calling_thread_writes_the_sinks(
+    tiny_bundle: Path, tmp_path: Path, loop: str
+) -> None:
+    """A frame every 100 ms: the adaptive loop hands nothing to the sink thread (a thread
+    wake-up on the latency path); the fixed threaded loop hands it every frame."""
+    sink = ThreadSink(0.0)
+    frames = [np.full((120, 160, 3), 40 * i, np.uint8) for i in range(3)]
+    cfg = RunConfig(source="replay", frames=6, warmup=2, out=tmp_path / "r.jsonl", **LOOPS[loop])
+    s = run_bundle(tiny_bundle, cfg, sinks=[sink], source=ReplaySource(frames, fps=10))
+    lines, _ = read_jsonl(tmp_path / "r.jsonl")
+    assert s.frames == 6 and [f["frame"] for f in lines] == list(range(6))
+    assert [i for _, i in sink.calls if i is not None] == list(range(6))
+    writers = {name for name, _ in sink.calls}
+    assert writers == ({"MainThread"} if loop == "adaptive" else {"edge-sinks"})
+
+
+def test_under_load_the_sink_thread_writes_in_order(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A camera faster than a slow sink: the adaptive loop hands the sinks to their thread while
+    it is busy, and every line and event stays in order (none lost, none twice)."""
+    sink = ThreadSink(0.01)
+    out = tmp_path / "busy.jsonl"
+    frames = [np.full((120, 160, 3), 40 * i, np.uint8) for i in range(3)]
+    cfg = RunConfig(source="replay", frames=30, warmup=0, out=out)
+    s = run_bundle(tiny_bundle, cfg, sinks=[sink], source=ReplaySource(frames, fps=500))
+    lines, events = read_jsonl(out)
+    ids = [f["frame"] for f in lines]
+    assert s.frames == 30 and ids == sorted(set(ids))
+    assert [i for _, i in sink.calls if i is not None] == ids
+    assert sink.events == len(events) and {e["event"] for e in events} <= {"drop", "unprocessed"}
+    dropped = {i for e in events if e["event"] == "drop" for i in e["frame_ids"]}
+    assert set(range(ids[0], ids[-1] + 1)) == set(ids) | dropped
+    assert "edge-sinks" in {name for name, _ in sink.calls}
 
 
 class FailingSink(SlowSink):
@@ -230,15 +296,15 @@ class FailingSink(SlowSink):
             raise OSError(28, "No space left on device")
 
 
-@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("loop", list(LOOPS))
 def test_a_failing_sink_stops_the_run_with_complete_lines_and_a_summary(
-    tiny_bundle: Path, demo_video: Path, tmp_path: Path, overlap: bool
+    tiny_bundle: Path, demo_video: Path, tmp_path: Path, loop: str
 ) -> None:
     out = tmp_path / "fail.jsonl"
     with pytest.raises(OSError, match="No space left"):
         run_bundle(
             tiny_bundle,
-            RunConfig(source=str(demo_video), out=out, warmup=0, overlap=overlap),
+            RunConfig(source=str(demo_video), out=out, warmup=0, **LOOPS[loop]),
             sinks=[FailingSink(0.0)],
         )
     frames, _ = read_jsonl(out)

@@ -135,3 +135,30 @@ def test_annotate_tints_the_mask_and_writes_text() -> None:
     band = out[5:50, 250:].astype(int)  # masked, right of the text
     assert band[..., 2].mean() > 100 and band[..., 0].mean() < 40  # red tint
     assert (out[:60, :150] > 220).all(axis=2).sum() > 100  # white text, top left
+
+
+def test_sink_worker_is_idle_only_when_every_call_has_returned() -> None:
+    gate, started = threading.Event(), threading.Event()
+
+    def held() -> None:
+        started.set()
+        assert gate.wait(10)
+
+    w = SinkWorker()
+    assert w.idle
+    w.submit(held)
+    assert started.wait(10) and not w.idle  # running
+    w.submit(lambda: None)
+    gate.set()
+    deadline = time.monotonic() + 10
+    while not w.idle and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert w.idle
+
+    def boom() -> None:
+        raise OSError("disk full")
+
+    w.submit(boom)
+    with pytest.raises(OSError, match="disk full"):
+        w.close()
+    assert not w.idle  # a failed call: the next submit raises, nothing is written inline
