@@ -568,6 +568,9 @@ class _Loop:
                 "summary": str(cfg.summary_path) if cfg.summary_path else None,
             },
         }
+        rehearsals = getattr(self.feeder, "rehearsals", 0)
+        if cfg.keep_warm:  # the extra passes it cost
+            run["keep_warm"] = {"rehearsals": rehearsals}
         run["run_id"] = self.header.get("run_id")
         run["bundle_sha256"] = self.header.get("bundle_sha256")
         run["precision"] = self.header.get("precision")

@@ -45,3 +45,16 @@ def test_console_script_entry_point() -> None:
     )
     for cmd in ("train", "convert", "calibrate", "build", "run", "profile", "demo", "info"):
         assert cmd in r.stdout
+
+
+def test_run_keep_warm_flag_rehearses_between_frames(tmp_path: Path) -> None:
+    from tiny_models import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "b")
+    out = tmp_path / "warm.jsonl"
+    src = "synthetic:?frames=200&fps=40&live=1&width=96&height=80"
+    argv = ["run", str(bundle), "--source", src, "--frames", "25", "--out", str(out)]
+    assert main([*argv, "--keep-warm"]) == 0
+    summary = json.loads((tmp_path / "warm.summary.json").read_text())
+    assert summary["frames"] == 25 and summary["run"]["keep_warm"]["rehearsals"] >= 5
+    assert main([*argv, "--keep-warm", "--no-overlap"]) == 2  # needs the adaptive loop
