@@ -265,7 +265,7 @@ def _cmd_station(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         max_batch=args.max_batch or station.get("max_batch"),
         batch_wait_ms=next(
-            (v for v in (args.batch_wait_ms, station.get("batch_wait_ms")) if v is not None), 4.0
+            (v for v in (args.batch_wait_ms, station.get("batch_wait_ms")) if v is not None), None
         ),
         open_timeout_s=args.open_timeout,
         rotate=args.rotate,
@@ -566,7 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--station-file", help="station JSON file: cameras with their own schedules")
     r.add_argument("--max-batch", type=int, help="station: most frames per trunk call")
     r.add_argument(
-        "--batch-wait-ms", type=float, help="station: batching deadline in ms (default 4)"
+        "--batch-wait-ms",
+        type=float,
+        help="station: batching deadline in ms (default: 0 on the CPU, 4 on a GPU)",
     )
     r.add_argument(
         "--trigger-every",

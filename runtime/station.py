@@ -30,10 +30,12 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from edge.core.errors import EdgeError
 from edge.core.files import write_json
@@ -58,9 +60,11 @@ from edge.runtime.sinks import JsonlSink, SinkWorker, TaskTally, WallClock, fram
 from edge.runtime.sources.base import Frame, Source, redact_uri
 from edge.runtime.sources.uri import open_source
 from edge.runtime.station_batch import BatchRunner, Ready, Trunked, task_order
-from edge.runtime.station_config import StationConfig
+from edge.runtime.station_config import GPU_BATCH_WAIT_MS, StationConfig
 
 IDLE_WAIT_S = 0.05
+if TYPE_CHECKING:  # an alias for annotations only (Python 3.8: no tuple[...] at run time)
+    Taken = tuple[Frame, np.ndarray | None, int]
 
 
 def _report(camera: str, message: str) -> None:
@@ -69,33 +73,77 @@ def _report(camera: str, message: str) -> None:
 
 class _Feed:
     """One camera's side of the batcher: takes its newest frame from its capture thread without
-    waiting (``take``), learns the camera's frame period, and records how its capture ended."""
+    waiting (``take``), learns the camera's frame period, and records how its capture ended.
 
-    def __init__(self, index: int, capture: CaptureThread) -> None:
-        self.index, self.capture = index, capture
+    While the batcher is idle, the capture's reader thread may call :meth:`lend` for a frame that
+    just arrived: it takes and preprocesses that frame itself (the cameras' frames of a batch are
+    then resized in parallel as they arrive, not one after another once the batch is
+    complete); under load the batcher is never idle and takes and resizes the newest frames."""
+
+    def __init__(
+        self, index: int, capture: CaptureThread, prepare: Callable[[np.ndarray], np.ndarray]
+    ) -> None:
+        self.index, self.capture, self.prepare = index, capture, prepare
         self.error: BaseException | None = None
         self.ended = False
         self.last_ns: int | None = None
         self.last_id: int | None = None
         self.period_ns: float | None = None
+        self.lent = 0
+        """Frames a reader thread took and preprocessed."""
+        self._lock = threading.Lock()
+        self._held: tuple[Frame, np.ndarray, int] | BaseException | None = None
+        self._lending = False
 
-    def take(self) -> Frame | None:
+    def lend(self) -> None:
+        """On the capture's thread: take the frame that just arrived and preprocess it here."""
+        with self._lock:
+            if self._held is not None or self._lending or self.ended:
+                return
+            try:
+                frame = self.capture.get(timeout=0)
+            except Exception:  # the failure reaches the batcher through take()
+                return
+            if frame is None:
+                return
+            self._lending = True
+        t0 = time.perf_counter_ns()
+        try:
+            held: Any = (frame, self.prepare(frame.image), time.perf_counter_ns() - t0)
+        except Exception as e:  # a frame the model cannot take: raised on the batcher's thread
+            held = e
+        with self._lock:
+            self._held, self._lending = held, False
+            self.lent += 1
+
+    def take(self) -> tuple[Frame, np.ndarray | None, int] | None:
+        """The next frame, with its preprocessed input and time if a reader prepared it."""
         if self.ended:
             return None
-        try:
-            frame = self.capture.get(timeout=0)
-        except Exception as e:  # failed for good: the camera ends alone
-            self.error, self.ended = e, True
-            return None
-        if frame is None:
-            self.ended = self.capture.ended
-            return None
+        held: tuple[Frame, np.ndarray | None, int] | BaseException | None
+        with self._lock:  # one taker at a time, so frames keep their order
+            held, self._held = self._held, None
+            if held is None and self._lending:
+                return None  # a reader is preparing this camera's next frame: wait for it
+            if held is None:
+                try:
+                    frame = self.capture.get(timeout=0)
+                except Exception as e:  # failed for good: the camera ends alone
+                    self.error, self.ended = e, True
+                    return None
+                if frame is None:
+                    self.ended = self.capture.ended
+                    return None
+                held = (frame, None, 0)
+        if isinstance(held, BaseException):
+            raise held
+        frame = held[0]
         t = frame.t_queued_ns or frame.t_capture_ns
         if self.last_ns is not None and self.last_id is not None and frame.id > self.last_id:
             gap = (t - self.last_ns) / (frame.id - self.last_id)
             self.period_ns = gap if self.period_ns is None else 0.8 * self.period_ns + 0.2 * gap
         self.last_ns, self.last_id = t, frame.id
-        return frame
+        return held
 
     def due_by(self, now_ns: int, end_ns: int, wait_ns: int) -> bool:
         """True when this camera's next frame is expected by ``end_ns`` and it is not late."""
@@ -114,16 +162,25 @@ class Batcher:
         self.wait_ns = int(wait_s * 1e9)
         self.cond = threading.Condition()
         self.seq = 0
+        self.idle = False
+        """True while :meth:`collect` waits for frames (a reader may then lend a hand)."""
 
     def notify(self) -> None:
         with self.cond:
             self.seq += 1
             self.cond.notify_all()
 
-    def collect(self) -> list[tuple[int, Frame]]:
-        """The next batch as (camera index, frame); empty when nothing came within
-        ``IDLE_WAIT_S``."""
-        got: dict[int, Frame] = {}
+    def arrived(self, feed: _Feed) -> None:
+        """A capture's ``on_frame``: while the batcher waits, the reader thread preprocesses
+        the frame itself; then the batcher is woken."""
+        if self.idle:
+            feed.lend()
+        self.notify()
+
+    def collect(self) -> list[tuple[int, Taken]]:
+        """The next batch as (camera index, (frame, its input or None, preprocessing ns));
+        empty when nothing came within ``IDLE_WAIT_S``."""
+        got: dict[int, Taken] = {}
         end: int | None = None
         t_idle = time.monotonic() + IDLE_WAIT_S
         while True:
@@ -136,7 +193,8 @@ class Batcher:
                         got[f.index] = frame
             now = time.monotonic_ns()
             if got and end is None:
-                end = min(fr.t_queued_ns or fr.t_capture_ns for fr in got.values()) + self.wait_ns
+                end = min(t[0].t_queued_ns or t[0].t_capture_ns for t in got.values())
+                end += self.wait_ns
             if end is not None:
                 waiting = [
                     f for f in self.feeds if f.index not in got and f.due_by(now, end, self.wait_ns)
@@ -150,7 +208,9 @@ class Batcher:
                     return []
             with self.cond:
                 if self.seq == seq:
+                    self.idle = True
                     self.cond.wait(timeout)
+                    self.idle = False
 
 
 @dataclass
@@ -230,6 +290,17 @@ def run_station(
                 lock.release()
 
 
+def batch_wait_ms(cfg: StationConfig, pipeline: Pipeline) -> float:
+    """The batching deadline: the configured one, else 0 on ONNX Runtime's CPU provider alone
+    (waiting for more cameras buys little there and costs latency: bench/bench_station.py)
+    and ``GPU_BATCH_WAIT_MS`` elsewhere."""
+    if cfg.batch_wait_ms is not None:
+        return cfg.batch_wait_ms
+    providers = pipeline.describe()["providers"]
+    cpu = cfg.backend == "onnxruntime" and set(providers) <= {"CPUExecutionProvider"}
+    return 0.0 if cpu else GPU_BATCH_WAIT_MS
+
+
 class _Run:
     def __init__(
         self,
@@ -245,7 +316,8 @@ class _Run:
         self.line = line
         self.stop = stop or threading.Event()
         self.clock = WallClock()
-        self.batcher = Batcher(cfg.batch_wait_ms / 1e3)
+        self.wait_ms = batch_wait_ms(cfg, pipeline)
+        self.batcher = Batcher(self.wait_ms / 1e3)
         self.cams: list[_Cam] = []
         for i, (c, src) in enumerate(zip(cfg.cameras, sources)):
             policy = c.policy or ("latest" if src.is_live else "fifo:4")
@@ -255,9 +327,9 @@ class _Run:
                 name=f"edge-capture-{c.id}",
                 open_timeout_s=cfg.open_timeout_s,
                 report=functools.partial(_report, c.id),
-                on_frame=self.batcher.notify,
             )
-            feed = _Feed(i, cap)
+            feed = _Feed(i, cap, pipeline.preprocess)
+            cap.on_frame = functools.partial(self.batcher.arrived, feed)
             self.cams.append(_Cam(c.id, cap, feed, StageStats(), TaskTally(pipeline.tasks)))
         self.batcher.feeds = [c.feed for c in self.cams]
         # one handoff per batch: this thread collects, preprocesses and trunks batch k+1 while,
@@ -269,18 +341,19 @@ class _Run:
         host = cfg.backend == "onnxruntime"
         self.heads = SinkWorker(maxsize=1, name="edge-station-heads") if host else None
 
-    def _ready(self, batch: list[tuple[int, Frame]]) -> list[Ready]:
-        """The batch's frames preprocessed, each with its own timings."""
+    def _ready(self, batch: list[tuple[int, Taken]]) -> list[Ready]:
+        """The batch's frames preprocessed (those a reader has not), each with its timings."""
         items = []
         now = time.monotonic_ns()
-        for i, frame in batch:
-            t0 = time.perf_counter_ns()
-            x = self.pipeline.preprocess(frame.image)
-            pre = time.perf_counter_ns() - t0
+        for i, (frame, x, pre) in batch:
+            if x is None:
+                t0 = time.perf_counter_ns()
+                x = self.pipeline.preprocess(frame.image)
+                pre = time.perf_counter_ns() - t0
             queued = frame.t_queued_ns or frame.t_capture_ns
             timings = {
                 "capture": queued - frame.t_capture_ns,
-                "queue_wait": max(0, now - queued),
+                "queue_wait": max(0, now - queued - pre),
                 "preprocess": pre,
             }
             items.append(
@@ -298,7 +371,13 @@ class _Run:
         return items
 
     def _trunk(self, items: list[Ready]) -> None:
+        """The trunk on the batch, in chunks of at most ``cap`` frames, each chunk's heads on
+        the heads thread. Light load (the heads thread idle): two chunks, so the heads of the
+        first run while the trunk runs the second (on a CPU a batch costs about its frames'
+        sum: one chunk would keep the second core idle and double the batch's latency)."""
         n, cap = len(items), self.runner.cap
+        if self.heads is not None and self.heads.idle and n > 1 and not self.runner.fixed:
+            cap = min(cap, (n + 1) // 2)
         for i in range(0, n, cap):
             tr = self.runner.trunk(items[i : i + cap], host=self.heads is not None)
             if self.heads is not None:
@@ -398,7 +477,7 @@ class _Run:
                     batch = [b for b in batch if self.cams[b[0]].processed < self.cfg.frames]
                 if not batch:
                     continue
-                for i, frame in batch:
+                for i, (frame, _, _) in batch:
                     cam = self.cams[i]
                     cam.processed += 1
                     if cam.last_id is not None and frame.id > cam.last_id + 1:
@@ -455,6 +534,7 @@ class _Run:
                 "source": c.capture.source.describe(),
                 "policy": str(c.capture.policy),
                 "frames": c.processed,
+                "prepared_on_arrival": c.feed.lent,
                 "fps": round(c.processed / duration_s, 3) if duration_s > 0 else 0.0,
                 "tasks": c.tally.result(),
                 "capture": c.capture.stats.to_dict(),
@@ -471,7 +551,7 @@ class _Run:
             "stopped_by": stopped_by,
             "batches": {str(k): v for k, v in sorted(self.runner.batches.items())},
             "max_batch": self.runner.cap,
-            "batch_wait_ms": self.cfg.batch_wait_ms,
+            "batch_wait_ms": self.wait_ms,
             "run": {**self.pipeline.describe(), "order": self.runner.order},
             "cameras": cams,
         }

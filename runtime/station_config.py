@@ -32,6 +32,8 @@ from edge.runtime.sources.base import SourceOptions
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 CAMERA_KEYS = ("id", "source", "tasks", "every", "when", "policy")
 STATION_KEYS = ("cameras", "max_batch", "batch_wait_ms")
+GPU_BATCH_WAIT_MS = 4.0
+"""The default batching deadline where the trunk runs on a GPU."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,9 @@ class StationConfig:
     backend: str = "onnxruntime"
     warmup: int = 3
     max_batch: int | None = None
-    batch_wait_ms: float = 4.0
+    batch_wait_ms: float | None = None
+    """None: 0 when the backend runs on the CPU (a batch costs about its frames' sum there, so
+    waiting only adds latency), ``GPU_BATCH_WAIT_MS`` on a GPU (a batch costs about one frame)."""
     open_timeout_s: float = 300.0
     """A live camera that cannot be opened at the start is retried (with the reopen backoff)
     for this long while the others run; it joins when it opens, or ends alone with an error."""
@@ -101,7 +105,7 @@ class StationConfig:
             raise ConfigError(f"--duration {self.duration_s}: must be > 0 seconds")
         if self.max_batch is not None and self.max_batch < 1:
             raise ConfigError(f"station max_batch {self.max_batch}: must be >= 1")
-        if not 0 <= self.batch_wait_ms <= 1000:
+        if self.batch_wait_ms is not None and not 0 <= self.batch_wait_ms <= 1000:
             raise ConfigError(f"station batch_wait_ms {self.batch_wait_ms}: must be 0..1000")
         if self.rotate is not None and self.out is None:
             raise ConfigError("--rotate applies to --out: give --out too")
