@@ -114,6 +114,8 @@ def test_a_stalled_camera_does_not_hold_the_others(
     assert max(r["latency_ms"] for r in during) < 250
     assert summary["cameras"]["dead"]["capture"]["reopens"] >= 1
     assert summary["batch_wait_ms"] == 0.0  # the default on ONNX Runtime's CPU provider
+    c0 = summary["cameras"]["c0"]  # light load: its reader resized most frames on arrival
+    assert c0["prepared_on_arrival"] >= c0["frames"] // 2, c0
     assert summary["cameras"]["c0"]["capture"]["gaps"] == []
 
 
