@@ -74,6 +74,10 @@ this fraction of the output's height; likewise columns at a step of at most ``CO
 then halved (pairs averaged) while at least this fraction of the output's width remains."""
 
 COLUMN_STEP = 4
+ROW_STEP = 6
+"""Rows are read in pairs at a step of at most this (2 of every 6 at 1280x720); a taller frame
+is then halved (row pairs averaged) like the columns, so no frame's rows are sampled sparser
+than a 720p frame's."""
 """A row is read whole anyway (cache lines); a finer column step costs compute, not memory."""
 
 
@@ -87,7 +91,8 @@ def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize one uint8 HxWx3 BGR frame to (height, width). Returns the frame itself when it
     already has that size; bilinear when enlarging (either axis). Shrinking by ~1.8x or more
     (``PREFILTER_MIN``) first takes the mean of 2x2 blocks at even steps (a bilinear sample
-    between two rows reads only those: 2 of every ``m`` rows, m = 4 at 480 -> 128, 6 at 720),
+    between two rows reads only those: 2 of every ``m`` rows, m = 4 at 480 -> 128, 6 at 720;
+    taller frames: 6 (``ROW_STEP``), then halved),
     on the centred crop that is a multiple of the steps (under a step lost), halves the
     columns while wide enough, then bilinear to the output. 1-px stripes and checkers average
     to grey instead of aliasing, finer columns alias about as little as under INTER_AREA, but
@@ -108,15 +113,19 @@ def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
         return image
     if h < height or w < width:
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    my, mx = _step(h, height), min(COLUMN_STEP, _step(w, width))
-    if my > 1 or mx > 1:
+    my, mx = min(ROW_STEP, _step(h, height)), min(COLUMN_STEP, _step(w, width))
+    if (my > 1 or mx > 1) and h // my >= 1 and w // mx >= 1:
         ny, nx = h // my, w // mx
         y0, x0 = (h - ny * my) // 2, (w - nx * mx) // 2
         crop = image[y0 : y0 + ny * my, x0 : x0 + nx * mx]
         image = cv2.resize(crop, (nx, ny), interpolation=cv2.INTER_LINEAR)
-        while _step(nx, width) > 1:  # a 2x bilinear shrink in x: the mean of each pixel pair
-            nx //= 2
-            image = cv2.resize(image[:, : 2 * nx], (nx, ny), interpolation=cv2.INTER_LINEAR)
+        while True:  # 2x bilinear shrinks: the mean of each pixel pair (row pair, 2x2 block)
+            hx, hy = _step(nx, width) > 1, _step(ny, height) > 1
+            if not (hx or hy):
+                break
+            nx, ny = (nx // 2 if hx else nx), (ny // 2 if hy else ny)
+            view = image[: 2 * ny if hy else ny, : 2 * nx if hx else nx]
+            image = cv2.resize(view, (nx, ny), interpolation=cv2.INTER_LINEAR)
         if (ny, nx) == (height, width):
             return image
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)

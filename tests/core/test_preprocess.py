@@ -112,3 +112,26 @@ def test_one_frame_is_its_resize_and_never_a_view_of_the_frame() -> None:
     same = np.zeros((128, 128, 3), np.uint8)
     y = frames_to_input([same], InputSpec())
     assert y.shape == (1, 128, 128, 3) and not np.shares_memory(y, same)
+
+
+@pytest.mark.parametrize("size", [(1920, 1080), (3840, 2160)])
+def test_taller_frames_are_sampled_no_sparser_than_720p(size: tuple[int, int]) -> None:
+    """Rows are read in pairs at a step of at most 6, then halved: on 1080p and 2160p frames
+    1-px rows still average to grey and a thin bright row is seen wherever it lies."""
+    w, h = size
+    yy, _ = np.mgrid[0:h, 0:w]
+    rows = resize_frame(_pattern(yy % 2), 128, 128).astype(np.float32)
+    assert np.abs(rows - 127.5).max() <= 0.5
+    base = resize_frame(np.zeros((h, w, 3), np.uint8), 128, 128)
+    seen = 0
+    for y in range(h // 2, h // 2 + 12):  # a 2-px line at every offset of a 12-row period
+        img = np.zeros((h, w, 3), np.uint8)
+        img[y : y + 2] = 255
+        seen += int(not np.array_equal(resize_frame(img, 128, 128), base))
+    assert seen >= 12 * 2 // 6  # at least the rows a 2-of-6 read reaches
+
+
+def test_tiny_outputs_from_small_frames() -> None:
+    img = np.full((11, 11, 3), 200, np.uint8)
+    assert resize_frame(img, 1, 1).tolist() == [[[200, 200, 200]]]
+    assert resize_frame(np.zeros((13, 500, 3), np.uint8), 4, 3).shape == (4, 3, 3)
