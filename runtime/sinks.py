@@ -139,7 +139,8 @@ class SinkWorker:
             maxsize
         )
         self.error: BaseException | None = None
-        self._submitted = self._done = 0  # each written by one thread only (no lock needed)
+        self._submitted = self._done = 0  # _done: the worker's; _submitted under _count_lock
+        self._count_lock = threading.Lock()  # a station submits from two threads
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -161,7 +162,8 @@ class SinkWorker:
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         if self.error is not None:
             raise self.error
-        self._submitted += 1
+        with self._count_lock:
+            self._submitted += 1
         self._q.put((fn, args))
 
     def close(self) -> None:

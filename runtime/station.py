@@ -2,15 +2,18 @@
 
 Threads: per camera a :class:`~edge.runtime.capture.CaptureThread` (its frame policy, drops,
 gaps and reopen with backoff as in a one-camera run), which wakes the batcher when a frame is
-buffered; the calling thread collects a batch (the newest frame of each camera that is ready),
-preprocesses it and runs its trunk (:class:`~edge.runtime.station_batch.BatchRunner`) and, on
+buffered and, while the batcher waits, resizes that frame itself (``_Feed.lend``); the calling
+thread collects a batch (the newest frame of each camera that is ready), resizes what is not
+resized yet and runs its trunk (:class:`~edge.runtime.station_batch.BatchRunner`) and, on
 ONNX Runtime, hands it to a heads thread (the heads of batch k run while batch k+1 is
-collected, preprocessed and trunked), which hands the batch's results to a sink thread: three
-handoffs per batch, not per frame. Batching deadline: the first ready frame waits at most
-``batch_wait_ms`` for the other cameras, and only for those whose next frame is due within
-that time, so a slow, stalled or dead camera never holds the others back; its gaps are
-reported per camera. A live camera that cannot be opened at the start is retried in the
-background for ``open_timeout_s`` while the others run: it joins when it opens.
+collected, preprocessed and trunked), which hands the batch's results to a sink thread: the
+handoffs are per batch (per chunk: at light load on the CPU a batch runs as two chunks), not
+per frame. Batching deadline: the first ready frame waits at most ``batch_wait_ms`` (default
+0 on the CPU, 4 ms on a GPU) for the other cameras, and only for those whose next frame is
+due within that time, so a slow, stalled or dead camera never holds the others back; its gaps
+are reported per camera. A live camera that cannot be opened at the start is retried in the
+background for ``open_timeout_s`` while the others run: it joins when it opens. A camera
+whose capture fails for good, or whose frame cannot be resized, ends alone.
 
 Every JSONL line carries ``"camera"`` (the camera id) and ``"batch"`` (frames in its trunk
 call); events (``gap``, ``drop``, ``overrun``, ``error``: a camera whose capture failed for
@@ -31,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +94,8 @@ class _Feed:
         self.period_ns: float | None = None
         self.lent = 0
         """Frames a reader thread took and preprocessed."""
+        self.full = False
+        """The run's ``frames`` are processed: the batcher takes no more of this camera's."""
         self._lock = threading.Lock()
         self._held: tuple[Frame, np.ndarray, int] | BaseException | None = None
         self._lending = False
@@ -98,7 +103,7 @@ class _Feed:
     def lend(self) -> None:
         """On the capture's thread: take the frame that just arrived and preprocess it here."""
         with self._lock:
-            if self._held is not None or self._lending or self.ended:
+            if self._held is not None or self._lending or self.ended or self.full:
                 return
             try:
                 frame = self.capture.get(timeout=0)
@@ -107,14 +112,27 @@ class _Feed:
             if frame is None:
                 return
             self._lending = True
+        held: Any = None
         t0 = time.perf_counter_ns()
         try:
-            held: Any = (frame, self.prepare(frame.image), time.perf_counter_ns() - t0)
-        except Exception as e:  # a frame the model cannot take: raised on the batcher's thread
+            held = (frame, self.prepare(frame.image), time.perf_counter_ns() - t0)
+        except Exception as e:  # a frame the model cannot take: this camera fails (take())
             held = e
+        finally:
+            with self._lock:
+                self._held, self._lending = held, False
+                self.lent += not isinstance(held, BaseException)
+
+    def fail(self, error: BaseException) -> None:
+        """This camera ends alone with ``error`` (its capture failed, or a frame of it cannot
+        be preprocessed)."""
+        self.error, self.ended = error, True
+
+    def unprocessed(self) -> list[int]:
+        """The id of a frame a reader prepared that no batch took (at the end of the run)."""
         with self._lock:
-            self._held, self._lending = held, False
-            self.lent += 1
+            held, self._held = self._held, None
+        return [held[0].id] if isinstance(held, tuple) else []
 
     def take(self) -> tuple[Frame, np.ndarray | None, int] | None:
         """The next frame, with its preprocessed input and time if a reader prepared it."""
@@ -129,14 +147,15 @@ class _Feed:
                 try:
                     frame = self.capture.get(timeout=0)
                 except Exception as e:  # failed for good: the camera ends alone
-                    self.error, self.ended = e, True
+                    self.fail(e)
                     return None
                 if frame is None:
                     self.ended = self.capture.ended
                     return None
                 held = (frame, None, 0)
         if isinstance(held, BaseException):
-            raise held
+            self.fail(held)
+            return None
         frame = held[0]
         t = frame.t_queued_ns or frame.t_capture_ns
         if self.last_ns is not None and self.last_id is not None and frame.id > self.last_id:
@@ -147,7 +166,7 @@ class _Feed:
 
     def due_by(self, now_ns: int, end_ns: int, wait_ns: int) -> bool:
         """True when this camera's next frame is expected by ``end_ns`` and it is not late."""
-        if self.ended or self.last_ns is None or self.period_ns is None:
+        if self.ended or self.full or self.last_ns is None or self.period_ns is None:
             return False
         nxt = self.last_ns + self.period_ns
         return nxt <= end_ns and now_ns <= nxt + self.period_ns + wait_ns
@@ -187,7 +206,7 @@ class Batcher:
             with self.cond:
                 seq = self.seq
             for f in self.feeds:
-                if f.index not in got:
+                if f.index not in got and not f.full:
                     frame = f.take()
                     if frame is not None:
                         got[f.index] = frame
@@ -204,7 +223,7 @@ class Batcher:
                 timeout = (end - now) / 1e9
             else:
                 timeout = t_idle - time.monotonic()
-                if timeout <= 0 or all(f.ended for f in self.feeds):
+                if timeout <= 0 or all(f.ended or f.full for f in self.feeds):
                     return []
             with self.cond:
                 if self.seq == seq:
@@ -224,6 +243,7 @@ class _Cam:
     gaps_seen: int = 0
     last_id: int | None = None
     failed: bool = False
+    unprocessed: list[int] = field(default_factory=list)
 
 
 def run_station(
@@ -290,15 +310,12 @@ def run_station(
                 lock.release()
 
 
-def batch_wait_ms(cfg: StationConfig, pipeline: Pipeline) -> float:
-    """The batching deadline: the configured one, else 0 on ONNX Runtime's CPU provider alone
-    (waiting for more cameras buys little there and costs latency: bench/bench_station.py)
-    and ``GPU_BATCH_WAIT_MS`` elsewhere."""
-    if cfg.batch_wait_ms is not None:
-        return cfg.batch_wait_ms
+def on_cpu(cfg: StationConfig, pipeline: Pipeline) -> bool:
+    """True on ONNX Runtime's CPU provider alone, where a batch costs about its frames' sum:
+    the batching deadline defaults to 0 there (waiting for more cameras buys little and costs
+    latency: bench/bench_station.py) and a batch at light load runs in two chunks."""
     providers = pipeline.describe()["providers"]
-    cpu = cfg.backend == "onnxruntime" and set(providers) <= {"CPUExecutionProvider"}
-    return 0.0 if cpu else GPU_BATCH_WAIT_MS
+    return cfg.backend == "onnxruntime" and set(providers) <= {"CPUExecutionProvider"}
 
 
 class _Run:
@@ -316,7 +333,10 @@ class _Run:
         self.line = line
         self.stop = stop or threading.Event()
         self.clock = WallClock()
-        self.wait_ms = batch_wait_ms(cfg, pipeline)
+        self.cpu = on_cpu(cfg, pipeline)
+        self.wait_ms = cfg.batch_wait_ms
+        if self.wait_ms is None:
+            self.wait_ms = 0.0 if self.cpu else GPU_BATCH_WAIT_MS
         self.batcher = Batcher(self.wait_ms / 1e3)
         self.cams: list[_Cam] = []
         for i, (c, src) in enumerate(zip(cfg.cameras, sources)):
@@ -346,14 +366,19 @@ class _Run:
         items = []
         now = time.monotonic_ns()
         for i, (frame, x, pre) in batch:
+            queued = frame.t_queued_ns or frame.t_capture_ns
+            wait = now - queued - pre  # a frame a reader prepared waited less than that
             if x is None:
                 t0 = time.perf_counter_ns()
-                x = self.pipeline.preprocess(frame.image)
+                try:
+                    x = self.pipeline.preprocess(frame.image)
+                except Exception as e:  # a frame the model cannot take: its camera fails
+                    self.cams[i].feed.fail(e)
+                    continue
                 pre = time.perf_counter_ns() - t0
-            queued = frame.t_queued_ns or frame.t_capture_ns
             timings = {
                 "capture": queued - frame.t_capture_ns,
-                "queue_wait": max(0, now - queued - pre),
+                "queue_wait": max(0, wait),
                 "preprocess": pre,
             }
             items.append(
@@ -376,14 +401,15 @@ class _Run:
         first run while the trunk runs the second (on a CPU a batch costs about its frames'
         sum: one chunk would keep the second core idle and double the batch's latency)."""
         n, cap = len(items), self.runner.cap
-        if self.heads is not None and self.heads.idle and n > 1 and not self.runner.fixed:
+        split = self.cpu and self.heads is not None and self.heads.idle
+        if split and n > 1 and not self.runner.fixed:
             cap = min(cap, (n + 1) // 2)
         for i in range(0, n, cap):
             tr = self.runner.trunk(items[i : i + cap], host=self.heads is not None)
             if self.heads is not None:
-                self.heads.submit(self._heads, tr, n)
+                self.heads.submit(self._heads, tr, len(tr.items))
             else:
-                self._heads(tr, n)
+                self._heads(tr, len(tr.items))
 
     def _heads(self, tr: Trunked, n: int) -> None:
         results = self.runner.heads(tr)
@@ -425,16 +451,17 @@ class _Run:
                 self.worker.submit(self._line, event)
             cam.gaps_seen = len(gaps)
 
-    def _failures(self) -> None:
-        """A camera whose capture failed for good (reconnect off, a file's read error) ends
-        with an ``error`` event under its id; the others go on. All failed: the first error."""
+    def _failures(self, final: bool = False) -> None:
+        """A camera whose capture failed for good (reconnect off, a file's read error) or whose
+        frame cannot be preprocessed ends with an ``error`` event under its id; the others go
+        on. All failed: the first error is raised (not when ``final``: the run is ending)."""
         for cam in self.cams:
             e = cam.feed.error
             if e is not None and not cam.failed:
                 cam.failed = True
                 event = {"event": "error", "camera": cam.id, "error": f"{type(e).__name__}: {e}"}
                 self.worker.submit(self._line, event)
-        if all(c.failed for c in self.cams):
+        if not final and all(c.failed for c in self.cams):
             first = self.cams[0].feed.error
             assert first is not None
             raise first
@@ -464,29 +491,30 @@ class _Run:
             t_start = time.monotonic_ns()
             last_poll = time.monotonic()
             while True:
+                self._failures()
                 why = self._done(t_start)
                 if why is not None:
                     stopped_by = why
                     break
-                self._failures()
                 batch = self.batcher.collect()
                 if time.monotonic() - last_poll >= 1.0:
                     self._events()
                     last_poll = time.monotonic()
-                if self.cfg.frames is not None:
-                    batch = [b for b in batch if self.cams[b[0]].processed < self.cfg.frames]
-                if not batch:
-                    continue
-                for i, (frame, _, _) in batch:
-                    cam = self.cams[i]
+                items = self._ready(batch)
+                for it in items:
+                    cam = self.cams[it.camera]
                     cam.processed += 1
-                    if cam.last_id is not None and frame.id > cam.last_id + 1:
-                        drop = list(range(cam.last_id + 1, frame.id))
+                    if self.cfg.frames is not None and cam.processed >= self.cfg.frames:
+                        cam.feed.full = True  # the batcher takes no more of its frames
+                    latest = cam.capture.policy.kind == "latest"  # fifo: overrun events
+                    if latest and cam.last_id is not None and it.frame_id > cam.last_id + 1:
+                        drop = list(range(cam.last_id + 1, it.frame_id))
                         self.worker.submit(
                             self._line, {"event": "drop", "camera": cam.id, "frame_ids": drop}
                         )
-                    cam.last_id = frame.id
-                self._trunk(self._ready(batch))
+                    cam.last_id = it.frame_id
+                if items:
+                    self._trunk(items)
         except BaseException as e:
             stopped_by, error = "error", e
             raise
@@ -496,6 +524,9 @@ class _Run:
                 cam.capture.stop()
             for cam in started:
                 cam.capture.join(timeout=5.0)
+                cam.unprocessed = cam.feed.unprocessed()
+            with contextlib.suppress(EdgeError):
+                self._failures(final=True)  # a camera that failed as the run ended: its event
             late = self._close()  # every collected batch's heads and lines
             if late is not None and error is None:
                 stopped_by, error = "error", late
@@ -506,16 +537,18 @@ class _Run:
                 raise late
         return summary
 
+    def _last_events(self) -> None:
+        with contextlib.suppress(EdgeError):  # a worker that failed: its error is raised
+            self._events(final=True)
+
     def _close(self) -> BaseException | None:
         """Drain and stop the heads and sink threads in that order; the first error."""
         first: BaseException | None = None
-        for w in (self.heads, None, self.worker):
+        steps = [self.heads.close] if self.heads is not None else []
+        steps += [self._last_events, self.worker.close]
+        for step in steps:
             try:
-                if w is None:
-                    with contextlib.suppress(EdgeError):
-                        self._events(final=True)
-                else:
-                    w.close()
+                step()
             except BaseException as e:
                 first = first or e
         if self.line is not None:  # every line is queued: publish it, stop the servers
@@ -535,6 +568,7 @@ class _Run:
                 "policy": str(c.capture.policy),
                 "frames": c.processed,
                 "prepared_on_arrival": c.feed.lent,
+                "unprocessed_ids": c.unprocessed,
                 "fps": round(c.processed / duration_s, 3) if duration_s > 0 else 0.0,
                 "tasks": c.tally.result(),
                 "capture": c.capture.stats.to_dict(),

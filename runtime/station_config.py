@@ -96,6 +96,11 @@ class StationConfig:
         if not self.cameras:
             raise ConfigError("a station needs at least one camera (--source or --station-file)")
         ids = [c.id for c in self.cameras]
+        if self.line is not None and self.line.opcua and any("." in i for i in ids):
+            raise ConfigError(  # node ids are "<camera>.Station.Frames", "<camera>.Task.<t>..."
+                f"station camera ids {ids}: with --opcua an id may not contain '.' (it would "
+                "collide with another camera's OPC UA node ids); use '_' or '-'"
+            )
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ConfigError(f"station camera ids must be unique; repeated: {dup}")

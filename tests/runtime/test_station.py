@@ -286,3 +286,44 @@ def test_station_verifies_a_signed_bundle_and_rotates_its_lines(
     argv = ["run", str(copy), "--source", src, "--source", src, "--out", str(other)]
     assert main([*argv, "--verify-key", str(public)]) == 2
     assert "altered" in capsys.readouterr().err and not other.exists()
+
+
+def test_a_camera_whose_frames_cannot_be_preprocessed_fails_alone_and_all_failed_raises(
+    dyn_bundle: Path, images: list[np.ndarray], tmp_path: Path
+) -> None:
+    srcs: dict[str, Any] = replay(images, 2, fps=50)
+    empty = [np.zeros((0, 0, 3), np.uint8)]  # a broken driver's empty frames: no resize
+    srcs["odd"] = ReplaySource(empty, fps=50, name="odd", options=FAST)
+    out = tmp_path / "odd.jsonl"
+    cams = tuple(Camera(c, "replay") for c in srcs)
+    summary = run_station(dyn_bundle, StationConfig(cams, duration_s=1.0, out=out), sources=srcs)
+    frames, events = lines(out)
+    errors = [e for e in events if e["event"] == "error"]
+    assert [e["camera"] for e in errors] == ["odd"], errors
+    assert summary["stopped_by"] == "duration" and "odd" not in {r["camera"] for r in frames}
+    assert summary["cameras"]["c0"]["frames"] >= 20
+    no_retry = SourceOptions(read_timeout_s=0.2, reconnect=False)
+    dead = {
+        c: ReplaySource(images, fps=50, stall=(2, 10.0), name=c, options=no_retry)
+        for c in ("a", "b")
+    }
+    cams = tuple(Camera(c, "replay") for c in dead)
+    with pytest.raises(SourceError, match="reconnect is off"):  # every camera failed
+        run_station(dyn_bundle, StationConfig(cams, duration_s=5.0), sources=dead)
+
+
+def test_fifo_cameras_report_overruns_not_drops_and_opcua_ids_without_dots(
+    dyn_bundle: Path, images: list[np.ndarray], tmp_path: Path
+) -> None:
+    srcs = replay(images, 2, fps=400)
+    out = tmp_path / "fifo.jsonl"
+    cams = tuple(Camera(c, "replay", policy="fifo:1") for c in srcs)
+    run_station(dyn_bundle, StationConfig(cams, duration_s=1.5, out=out), sources=srcs)
+    _, events = lines(out)
+    kinds = {e["event"] for e in events}
+    assert "overrun" in kinds and "drop" not in kinds, kinds
+    from edge.runtime.line import LineOutputsConfig
+
+    line = LineOutputsConfig(opcua="opc.tcp://127.0.0.1:4840")
+    with pytest.raises(ConfigError, match=r"may not contain '\.'"):
+        StationConfig((Camera("a.Task", "x"), Camera("a", "y")), line=line)
