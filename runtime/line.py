@@ -157,10 +157,16 @@ def run_header(
     """The line outputs' view of the run's header (``run``: the line ``edge run`` starts its
     JSONL with: run_id, started, bundle, bundle_sha256, backend, precision, mode), so the JSONL,
     MQTT and OPC UA name a run alike."""
+    return _header(cfg, run, cfg.camera or camera_id(source), tasks)
+
+
+def _header(
+    cfg: LineOutputsConfig, run: Mapping[str, Any], camera: str, tasks: Sequence[str]
+) -> RunHeader:
     return RunHeader(
         run_id=str(run["run_id"]),
         station=cfg.station,
-        camera=cfg.camera or camera_id(source),
+        camera=camera,
         bundle=Path(str(run["bundle"])).name,
         bundle_hash=str(run["bundle_sha256"]),
         backend=str(run["backend"]),
@@ -203,21 +209,7 @@ def station_headers(
             f"--camera {cfg.camera!r} names the camera of a one-camera run; a station's cameras "
             "are named cam0, cam1, ... (--source order) or by the station file's ids"
         )
-    return [
-        RunHeader(
-            run_id=str(run["run_id"]),
-            station=cfg.station,
-            camera=cam,
-            bundle=Path(str(run["bundle"])).name,
-            bundle_hash=str(run["bundle_sha256"]),
-            backend=str(run["backend"]),
-            precision=str(run["precision"]),
-            mode=str(run["mode"]),
-            tasks=tuple(tasks),
-            started=str(run["started"]),
-        )
-        for cam, tasks in cameras.items()
-    ]
+    return [_header(cfg, run, cam, tasks) for cam, tasks in cameras.items()]
 
 
 class Recorder:

@@ -4,6 +4,7 @@ by ``cryptography``), and an MQTT subscriber that records what arrives. Tests sk
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import ipaddress
 import json
@@ -14,6 +15,8 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +222,27 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def until(pred: Any, timeout: float = 15.0) -> Any:
+    """Poll ``pred`` every 0.1 s until it returns something true (connection errors count as
+    not yet); raises after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = pred()
+        except (OSError, ConnectionError, asyncio.TimeoutError):
+            got = None
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

@@ -9,15 +9,13 @@ import logging
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import free_port
+from brokers import free_port, http_get, until
 
 from edge.core.files import sha256_file
 from edge.runtime.line import LineOutputsConfig
@@ -63,27 +61,6 @@ def live_run(
     assert not t.is_alive() and "error" not in box, box.get("error")
 
 
-def until(pred: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = pred()
-        except (OSError, ConnectionError, asyncio.TimeoutError):
-            got = None
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s")
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def sample(text: str, name: str) -> float:
     m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     assert m, f"{name} not in the scrape"
@@ -96,11 +73,11 @@ def test_metrics_scraped_during_a_run_and_healthz_503_on_stall(tiny_bundle: Path
     base = f"http://127.0.0.1:{port}"
     line = LineOutputsConfig(metrics=f"127.0.0.1:{port}", stall_s=0.5, reject="defect != ok")
     with live_run(tiny_bundle, line) as (source, _):
-        until(lambda: sample(get(base + "/metrics")[1], "etr_frames_total") > 0)
-        assert get(base + "/healthz")[0] == 200
-        _, first = get(base + "/metrics")
+        until(lambda: sample(http_get(base + "/metrics")[1], "etr_frames_total") > 0)
+        assert http_get(base + "/healthz")[0] == 200
+        _, first = http_get(base + "/metrics")
         time.sleep(0.5)
-        code, text = get(base + "/metrics")
+        code, text = http_get(base + "/metrics")
         assert code == 200
         assert sample(text, "etr_frames_total") > sample(first, "etr_frames_total") > 0
         assert sample(text, "etr_fps") > 5 and sample(text, "etr_up") == 1.0
@@ -109,14 +86,14 @@ def test_metrics_scraped_during_a_run_and_healthz_503_on_stall(tiny_bundle: Path
         assert "etr_rejects_total" in text and "etr_drops_total" in text
         assert 'bundle_hash="' + sha256_file(tiny_bundle / "manifest.json") in text
         source.paused.set()
-        code, body = until(lambda: (r := get(base + "/healthz"))[0] == 503 and r, 5)
+        code, body = until(lambda: (r := http_get(base + "/healthz"))[0] == 503 and r, 5)
         assert '"ok": false' in body
-        assert sample(get(base + "/metrics")[1], "etr_up") == 0.0
+        assert sample(http_get(base + "/metrics")[1], "etr_up") == 0.0
         source.paused.clear()
-        until(lambda: get(base + "/healthz")[0] == 200, 10)
-        assert get(base + "/nope")[0] == 404
+        until(lambda: http_get(base + "/healthz")[0] == 200, 10)
+        assert http_get(base + "/nope")[0] == 404
     with pytest.raises(OSError):
-        get(base + "/healthz")  # the server went with the run
+        http_get(base + "/healthz")  # the server went with the run
 
 
 async def read_station(url: str, names: list[str], user: str | None = None) -> dict[str, Any]:

@@ -11,8 +11,6 @@ import logging
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +18,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from brokers import Mosquitto, Subscriber, free_port, mosquitto  # noqa: F401  (fixture)
+from brokers import (  # noqa: F401  (fixture)
+    Mosquitto,
+    Subscriber,
+    free_port,
+    http_get,
+    mosquitto,
+    until,
+)
 
 from edge.cli import main
 from edge.data.demo_line import LineConfig, render_frame
@@ -75,27 +80,6 @@ def live_station(
         stop.set()
         t.join(60)
     assert not t.is_alive() and "error" not in box, box.get("error")
-
-
-def until(pred: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = pred()
-        except (OSError, ConnectionError, asyncio.TimeoutError):
-            got = None
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s")
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def sample(text: str, name: str, camera: str) -> float:
@@ -207,25 +191,25 @@ def test_metrics_per_camera_and_healthz_names_the_stalled_camera(
     srcs["dead"] = ReplaySource(images, fps=40, stall=(30, 3.0), name="dead", options=FAST)
     line = LineOutputsConfig(metrics=f"127.0.0.1:{port}", stall_s=0.5)
     with live_station(dyn_bundle, srcs, line) as box:
-        until(lambda: sample(get(base + "/metrics")[1], "etr_frames_total", "dead") > 0)
-        _, text = get(base + "/metrics")
+        until(lambda: sample(http_get(base + "/metrics")[1], "etr_frames_total", "dead") > 0)
+        _, text = http_get(base + "/metrics")
         assert sample(text, "etr_frames_total", "c0") > 0
         assert 'etr_stage_seconds_count{camera="c0",stage="latency"}' in text
         assert sample(text, "etr_up", "c0") == 1.0
         assert 'camera="dead"' in text and "etr_run_info{" in text
-        _, body = until(lambda: (r := get(base + "/healthz"))[0] == 503 and r, 8)
+        _, body = until(lambda: (r := http_get(base + "/healthz"))[0] == 503 and r, 8)
         health = json.loads(body)
         assert health["ok"] is False and health["stalled"] == ["dead"], health
-        _, text = get(base + "/metrics")
+        _, text = http_get(base + "/metrics")
         assert sample(text, "etr_up", "dead") == 0.0 and sample(text, "etr_up", "c0") == 1.0
         assert sample(text, "etr_fps", "c0") > 5
-        until(lambda: get(base + "/healthz")[0] == 200, 10)  # the camera came back
-        until(lambda: sample(get(base + "/metrics")[1], "etr_gaps_total", "dead") >= 1, 5)
+        until(lambda: http_get(base + "/healthz")[0] == 200, 10)  # the camera came back
+        until(lambda: sample(http_get(base + "/metrics")[1], "etr_gaps_total", "dead") >= 1, 5)
     s = box["summary"]
     assert s["cameras"]["dead"]["line"]["gaps"] >= 1 and s["cameras"]["c0"]["line"]["gaps"] == 0
     assert s["line"]["metrics"]["port"] == port
     with pytest.raises(OSError):
-        get(base + "/healthz")  # the server went with the run
+        http_get(base + "/healthz")  # the server went with the run
 
 
 def test_cli_station_takes_line_flags_and_refuses_the_rest(
