@@ -365,7 +365,7 @@ class _Run:
             for cam in started:
                 cam.capture.join(timeout=5.0)
                 cam.unprocessed = cam.feed.unprocessed()
-            with contextlib.suppress(EdgeError):
+            with contextlib.suppress(Exception):  # a failed sink thread: _close raises it
                 self._failures(final=True)  # a camera that failed as the run ended: its event
             late = self._close()  # every collected batch's heads and lines
             if late is not None and error is None:
