@@ -69,10 +69,18 @@ class DirectFeed:
         return []
 
 
-def _prepared(pipeline: Pipeline, frame: Frame) -> Item:
+def prepared(pipeline: Pipeline, frame: Frame) -> tuple[Frame, np.ndarray, int]:
+    """The frame with its preprocessed input and the preprocessing time (ns)."""
     t0 = time.perf_counter_ns()
     x = pipeline.preprocess(frame.image)
     return (frame, x, time.perf_counter_ns() - t0)
+
+
+def arrival_timings(frame: Frame, pre_ns: int, now_ns: int) -> dict[str, int]:
+    """``capture`` (read -> buffered) and ``queue_wait`` (buffered -> taken up at ``now_ns``,
+    less ``pre_ns`` spent preprocessing it meanwhile) of a frame, in ns."""
+    queued = frame.t_buffered_ns
+    return {"capture": queued - frame.t_capture_ns, "queue_wait": max(0, now_ns - queued - pre_ns)}
 
 
 class PrefetchFeed(DirectFeed):
@@ -115,7 +123,7 @@ class PrefetchFeed(DirectFeed):
                         self._put(END)
                         return
                     continue
-                if not self._put(_prepared(self.pipeline, frame)):
+                if not self._put(prepared(self.pipeline, frame)):
                     self.unprocessed.append(frame.id)
         except BaseException as e:
             self._put(e)
@@ -273,7 +281,7 @@ class LendingFeed(DirectFeed):
         while not self._halt.is_set():
             frame = self.capture.get(timeout=LEND_SLICE_S)
             if frame is not None:
-                return _prepared(self.pipeline, frame)
+                return prepared(self.pipeline, frame)
             if self.capture.ended:
                 return END
             if self._recall.is_set():

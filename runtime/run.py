@@ -42,7 +42,7 @@ from edge.core.manifest import load_bundle
 from edge.core.preprocess import opencv_threads
 from edge.runtime.capture import CaptureThread, parse_policy, retry_first_open, retryable
 from edge.runtime.decode import decoders_from_manifest
-from edge.runtime.feed import END, DirectFeed, LendingFeed, PrefetchFeed
+from edge.runtime.feed import END, DirectFeed, LendingFeed, PrefetchFeed, arrival_timings
 from edge.runtime.latency import StageStats
 from edge.runtime.line import LineOutputsConfig
 from edge.runtime.line_sinks import open_line_sink
@@ -460,9 +460,7 @@ class _Loop:
                 if frame.meta.get("warning"):  # e.g. a truncated image: said in its line
                     self.frame_warnings[frame.id] = [str(frame.meta["warning"])]
                     self.damaged.append(frame.id)
-                queued = frame.t_queued_ns or frame.t_capture_ns
-                wait = time.monotonic_ns() - queued - pre_ns
-                timings = {"capture": queued - frame.t_capture_ns, "queue_wait": max(0, wait)}
+                timings = arrival_timings(frame, pre_ns, time.monotonic_ns())
                 if prepared is not None:
                     timings["preprocess"] = pre_ns
                 if cfg.frames is None or pipeline.frames + 1 < cfg.frames:

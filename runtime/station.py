@@ -45,6 +45,7 @@ from edge.core.preprocess import opencv_threads
 from edge.core.signing import verify_bundle
 from edge.runtime.capture import CaptureThread
 from edge.runtime.decode import decoders_from_manifest
+from edge.runtime.feed import arrival_timings, prepared
 from edge.runtime.latency import StageStats
 from edge.runtime.line_sinks import LineSink, check_line_config, open_station_line_sink
 from edge.runtime.outputs import (
@@ -65,7 +66,7 @@ from edge.runtime.station_config import GPU_BATCH_WAIT_MS, StationConfig
 from edge.runtime.station_feed import Batcher, CameraFeed
 
 if TYPE_CHECKING:
-    from edge.runtime.station_feed import Taken
+    from edge.runtime.feed import Item
 
 
 def _report(camera: str, message: str) -> None:
@@ -188,7 +189,7 @@ class _Run:
                 open_timeout_s=cfg.open_timeout_s,
                 report=functools.partial(_report, c.id),
             )
-            feed = CameraFeed(i, cap, pipeline.preprocess)
+            feed = CameraFeed(i, cap, pipeline)
             cap.on_frame = functools.partial(self.batcher.arrived, feed)
             self.cams.append(_Cam(c.id, cap, feed, StageStats(), TaskTally(pipeline.tasks)))
         self.batcher.feeds = [c.feed for c in self.cams]
@@ -201,26 +202,19 @@ class _Run:
         host = cfg.backend == "onnxruntime"
         self.heads = SinkWorker(maxsize=1, name="edge-station-heads") if host else None
 
-    def _ready(self, batch: list[tuple[int, Taken]]) -> list[Ready]:
+    def _ready(self, batch: list[tuple[int, Item]]) -> list[Ready]:
         """The batch's frames preprocessed (those a reader has not), each with its timings."""
         items = []
         now = time.monotonic_ns()
         for i, (frame, x, pre) in batch:
-            queued = frame.t_queued_ns or frame.t_capture_ns
-            wait = now - queued - pre  # a frame a reader prepared waited less than that
+            timings = arrival_timings(frame, pre, now)  # a frame a reader prepared: less wait
             if x is None:
-                t0 = time.perf_counter_ns()
                 try:
-                    x = self.pipeline.preprocess(frame.image)
+                    _, x, pre = prepared(self.pipeline, frame)
                 except Exception as e:  # a frame the model cannot take: its camera fails
                     self.cams[i].feed.fail(e)
                     continue
-                pre = time.perf_counter_ns() - t0
-            timings = {
-                "capture": queued - frame.t_capture_ns,
-                "queue_wait": max(0, wait),
-                "preprocess": pre,
-            }
+            timings["preprocess"] = pre
             items.append(
                 Ready(
                     i,
@@ -228,7 +222,7 @@ class _Run:
                     frame.image,
                     frame.id,
                     frame.t_capture_ns,
-                    queued,
+                    frame.t_buffered_ns,
                     frame.source_index,
                     timings,
                 )

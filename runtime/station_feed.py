@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge.runtime.capture import CaptureThread
+from edge.runtime.feed import prepared
+from edge.runtime.pipeline import Pipeline
 from edge.runtime.sources.base import Frame
 
 IDLE_WAIT_S = 0.05
-if TYPE_CHECKING:  # an alias for annotations only (Python 3.8: no tuple[...] at run time)
-    Taken = tuple[Frame, np.ndarray | None, int]
+if TYPE_CHECKING:
+    from edge.runtime.feed import Item
 
 
 class CameraFeed:
@@ -31,10 +32,8 @@ class CameraFeed:
     then resized in parallel as they arrive, not one after another once the batch is
     complete); under load the batcher is never idle and takes and resizes the newest frames."""
 
-    def __init__(
-        self, index: int, capture: CaptureThread, prepare: Callable[[np.ndarray], np.ndarray]
-    ) -> None:
-        self.index, self.capture, self.prepare = index, capture, prepare
+    def __init__(self, index: int, capture: CaptureThread, pipeline: Pipeline) -> None:
+        self.index, self.capture, self.pipeline = index, capture, pipeline
         self.error: BaseException | None = None
         self.ended = False
         self.last_ns: int | None = None
@@ -61,9 +60,8 @@ class CameraFeed:
                 return
             self._lending = True
         held: Any = None
-        t0 = time.perf_counter_ns()
         try:
-            held = (frame, self.prepare(frame.image), time.perf_counter_ns() - t0)
+            held = prepared(self.pipeline, frame)
         except Exception as e:  # a frame the model cannot take: this camera fails (take())
             held = e
         finally:
@@ -105,7 +103,7 @@ class CameraFeed:
             self.fail(held)
             return None
         frame = held[0]
-        t = frame.t_queued_ns or frame.t_capture_ns
+        t = frame.t_buffered_ns
         if self.last_ns is not None and self.last_id is not None and frame.id > self.last_id:
             gap = (t - self.last_ns) / (frame.id - self.last_id)
             self.period_ns = gap if self.period_ns is None else 0.8 * self.period_ns + 0.2 * gap
@@ -144,10 +142,10 @@ class Batcher:
             feed.lend()
         self.notify()
 
-    def collect(self) -> list[tuple[int, Taken]]:
+    def collect(self) -> list[tuple[int, Item]]:
         """The next batch as (camera index, (frame, its input or None, preprocessing ns));
         empty when nothing came within ``IDLE_WAIT_S``."""
-        got: dict[int, Taken] = {}
+        got: dict[int, Item] = {}
         end: int | None = None
         t_idle = time.monotonic() + IDLE_WAIT_S
         while True:
@@ -160,7 +158,7 @@ class Batcher:
                         got[f.index] = frame
             now = time.monotonic_ns()
             if got and end is None:
-                end = min(t[0].t_queued_ns or t[0].t_capture_ns for t in got.values())
+                end = min(t[0].t_buffered_ns for t in got.values())
                 end += self.wait_ns
             if end is not None:
                 waiting = [

@@ -52,6 +52,12 @@ class Frame:
     t_sensor_ns: int | None = None
 
     @property
+    def t_buffered_ns(self) -> int:
+        """When the frame entered the capture thread's buffer (its arrival, when it never went
+        through one): where its queue wait starts."""
+        return self.t_queued_ns or self.t_capture_ns
+
+    @property
     def latency_clock(self) -> str:
         """ "sensor" when the camera time maps onto the host clock, else "arrival"."""
         return "arrival" if self.t_sensor_ns is None else "sensor"
