@@ -119,7 +119,6 @@ class Decoder:
     def decode(self, raw: np.ndarray) -> TaskResult:
         """``raw``: this task's output for one frame (the graph's output without the batch
         axis): (n,) for image-level tasks, (n, H, W) for masks."""
-        self._check(raw.shape)
         return self.decode_batch(raw[None])[0]
 
     def decode_batch(self, raw: np.ndarray) -> list[TaskResult]:

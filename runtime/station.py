@@ -241,13 +241,13 @@ class _Run:
         for i in range(0, n, cap):
             tr = self.runner.trunk(items[i : i + cap], host=self.heads is not None)
             if self.heads is not None:
-                self.heads.submit(self._heads, tr, len(tr.items))
+                self.heads.submit(self._heads, tr)
             else:
-                self._heads(tr, len(tr.items))
+                self._heads(tr)
 
-    def _heads(self, tr: Trunked, n: int) -> None:
+    def _heads(self, tr: Trunked) -> None:
         results = self.runner.heads(tr)
-        self.worker.submit(self._sink, [(self.cams[it.camera], it) for it in tr.items], results, n)
+        self.worker.submit(self._sink, [self.cams[it.camera] for it in tr.items], results)
 
     def _line(self, record: dict[str, Any]) -> None:
         if self.jsonl is not None:
@@ -255,8 +255,9 @@ class _Run:
         if self.line is not None and "event" in record:  # frames: _sink feeds it the result
             self.line.event(record)
 
-    def _sink(self, cams: list[tuple[_Cam, Ready]], results: list[FrameResult], n: int) -> None:
-        for (cam, _), result in zip(cams, results):
+    def _sink(self, cams: list[_Cam], results: list[FrameResult]) -> None:
+        n = len(results)  # the frames of their trunk call
+        for cam, result in zip(cams, results):
             t0 = time.perf_counter_ns()
             cam.tally.add(result)
             if self.jsonl is not None:
